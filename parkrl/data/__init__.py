@@ -1,0 +1,4 @@
+"""Prompt sources."""
+from parkrl.data.reasoning_gym import TaskPrompts
+
+__all__ = ["TaskPrompts"]

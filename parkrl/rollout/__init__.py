@@ -1,0 +1,22 @@
+"""Turning prompts into completions: engine adapters (vLLM, HF generate)."""
+from parkrl.rollout.types import Completion, SamplingSpec
+
+
+def make_engine(backend: str, model_path: str, dtype: str, max_model_len: int, kv_cache_gib: float,
+                seed: int, cpu_ids: list[int]):
+    """The engine adapter for `rollout.backend` ("vllm" or "hf").
+
+    cpu_ids: the cores a CPU engine binds its threads to (ignored on GPU and by HF).
+    """
+    if backend == "vllm":
+        from parkrl.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_path, dtype, max_model_len, kv_cache_gib, seed, cpu_ids)
+    if backend == "hf":
+        from parkrl.rollout.hf_engine import HFEngine
+
+        return HFEngine(model_path, dtype, max_model_len, seed)
+    raise ValueError(f"rollout.backend={backend!r}: choose vllm or hf")
+
+
+__all__ = ["Completion", "SamplingSpec", "make_engine"]

@@ -1,0 +1,21 @@
+"""What the engine adapters take and return; they know nothing of training."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int = 1  # completions per prompt
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0  # prompt i is sampled with seed + i, so results do not depend on batching
+    logprobs: bool = True  # return the logprob of every sampled token
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]  # generated ids, the stop (EOS) token included when one was sampled
+    logprobs: list[float]  # one per token id (empty when SamplingSpec.logprobs is False)
+    finish_reason: str  # "stop" or "length"

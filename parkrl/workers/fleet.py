@@ -1,0 +1,102 @@
+"""The fleet: every worker group of a run, wired together, called as if local.
+
+It starts the learner group (FSDP2 ranks) and the rollout group (engines), connects the
+learner's rank 0 and every engine in the weight-sync group, and offers the controller one
+method per phase. Batches are sharded over learner ranks and prompts over engines here, so the
+controller never deals with ranks.
+"""
+from __future__ import annotations
+
+from parkrl.batch import TrajectoryBatch
+from parkrl.config import Config
+from parkrl.rollout import Completion, SamplingSpec
+from parkrl.workers.group import WorkerGroup, wait_all
+from parkrl.workers.learner import FSDPLearner
+from parkrl.workers.rollout import RolloutWorker
+
+
+class Fleet:
+    """Learner and rollout worker groups of one run, plus their weight-sync group."""
+
+    def __init__(self, cfg: Config, model_path: str) -> None:
+        t, res = cfg.trainer, cfg.resources
+        n_learners = res.learner.num_workers
+        self.cfg = cfg
+        self.learner = WorkerGroup("learner", FSDPLearner, res.learner, t.runtime, t.worker_timeout_s,
+                                   lambda rank: (cfg, model_path, rank, n_learners))
+        self.rollout = WorkerGroup("rollout", RolloutWorker, res.rollout, t.runtime, t.worker_timeout_s,
+                                   lambda rank: (cfg, model_path, rank))
+        try:
+            host, port = self.learner.call("free_address", ranks=[0])[0]
+            self.learner.call("setup", host, port)
+            self._metas = self.learner.call("weight_metas", ranks=[0])[0]
+            self._join_sync_group()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _join_sync_group(self) -> None:
+        """Learner rank 0 is sync rank 0; engine i is sync rank i + 1."""
+        t = self.cfg.trainer
+        backend = "nccl" if self.cfg.resources.learner.gpus_per_worker > 0 else "gloo"
+        host, port = self.learner.call("free_address", ranks=[0])[0]
+        world = 1 + len(self.rollout)
+        wait_all([
+            self.learner.submit("join_sync_group", host, port, world, backend, ranks=[0]),
+            self.rollout.submit_each("join_sync_group",
+                                     [(host, port, 1 + i, world, backend, t.sync_timeout_s) for i in range(len(self.rollout))]),
+        ], t.worker_timeout_s)
+
+    # ---- phases -------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
+        """spec.n completions per prompt, prompts spread evenly over the engines.
+
+        Engine chunks keep their global prompt offset in the seed, so results do not depend
+        on the number of engines.
+        """
+        m = len(self.rollout)
+        bounds = [len(prompts) * i // m for i in range(m + 1)]
+        args = [(prompts[bounds[i]:bounds[i + 1]], _offset(spec, bounds[i])) for i in range(m)]
+        active = [i for i in range(m) if bounds[i + 1] > bounds[i]]
+        results = self.rollout._wait(self.rollout.submit_each("generate", [args[i] for i in active], active))
+        return [group for chunk in results for group in chunk]
+
+    def logprobs(self, batch: TrajectoryBatch, model: str) -> list[list[float]]:
+        """Per-token logprobs of every sample under the "policy" or the "reference" model."""
+        shards = batch.shard_indices(len(self.learner))
+        parts = self.learner.call_each("compute_logprobs", [(batch.select(s), model) for s in shards])
+        out: list[list[float]] = [[] for _ in range(len(batch))]
+        for rows, values in zip(shards, parts):
+            for i, v in zip(rows, values):
+                out[i] = v
+        return out
+
+    def update(self, batch: TrajectoryBatch) -> dict[str, float]:
+        """One training step on the batch; returns the learner's metrics (same on every rank)."""
+        shards = batch.shard_indices(len(self.learner))
+        return self.learner.call_each("update", [(batch.select(s),) for s in shards])[0]
+
+    def sync_weights(self) -> None:
+        """Broadcast the learner's weights to every engine (bucketed, with timeouts)."""
+        wait_all([
+            self.learner.submit("push_weights", self._metas),
+            self.rollout.submit("receive_weights", self._metas),
+        ], self.cfg.trainer.worker_timeout_s)
+
+    def save_hf(self, path: str) -> None:
+        self.learner.call("save_hf", path)
+
+    def shutdown(self) -> None:
+        """Shut every engine down first (frees its shared memory), then the learner ranks."""
+        for group in (getattr(self, "rollout", None), getattr(self, "learner", None)):
+            if group is not None:
+                try:
+                    group.shutdown()
+                except Exception as e:  # keep shutting the others down
+                    print(f"[parkrl] shutting down {group.role}: {e}", flush=True)
+
+
+def _offset(spec: SamplingSpec, k: int) -> SamplingSpec:
+    from dataclasses import replace
+
+    return replace(spec, seed=spec.seed + k)

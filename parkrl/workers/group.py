@@ -1,0 +1,170 @@
+"""Worker groups: N instances of a worker class, as Ray actors or in this process.
+
+The controller calls a group as if it were local (`group.call("update", batch)`). With
+`trainer.runtime=ray` each worker is a Ray actor placed in the role's placement group; with
+`trainer.runtime=local` each is a plain object behind its own single thread, so calls run
+concurrently across workers and in order on one worker, exactly as with Ray actors, and
+`breakpoint()` works. Every wait has a timeout, and its error names the stuck worker.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from parkrl.config import RoleResources
+
+
+class WorkerTimeout(TimeoutError):
+    """A worker did not answer within the configured timeout."""
+
+
+class WorkerError(RuntimeError):
+    """A worker raised; the message names the worker and the method."""
+
+
+@dataclass
+class Pending:
+    """Calls in flight on some workers of a group."""
+
+    group: "WorkerGroup"
+    method: str
+    ranks: list[int]
+    handles: list[Any]
+
+
+class WorkerGroup:
+    """`resources.num_workers` instances of `cls`, created with `init_args(rank)`."""
+
+    def __init__(self, role: str, cls: type, resources: RoleResources, runtime: str,
+                 timeout_s: float, init_args: Callable[[int], tuple]) -> None:
+        self.role, self.runtime, self.timeout_s = role, runtime, timeout_s
+        n = resources.num_workers
+        if runtime == "ray":
+            import ray
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            bundle = {"CPU": resources.cpus_per_worker}
+            if resources.gpus_per_worker:
+                bundle["GPU"] = resources.gpus_per_worker
+            self._pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK", name=f"parkrl-{role}")
+            if not self._pg.wait(timeout_s):
+                raise WorkerTimeout(
+                    f"could not place {n} {role} worker(s) of {bundle} within {timeout_s:.0f} s: the "
+                    f"cluster lacks the resources (see resources.{role}.* and `ray status`)"
+                )
+            actor = ray.remote(cls)
+            self.workers = [
+                actor.options(
+                    num_cpus=resources.cpus_per_worker,
+                    num_gpus=resources.gpus_per_worker,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
+                ).remote(*init_args(i))
+                for i in range(n)
+            ]
+        else:
+            self._threads = [cf.ThreadPoolExecutor(1, thread_name_prefix=f"{role}{i}") for i in range(n)]
+            made = [t.submit(cls, *init_args(i)) for i, t in enumerate(self._threads)]
+            self.workers = self._wait(Pending(self, "__init__", list(range(n)), made))
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def name(self, rank: int) -> str:
+        return f"{self.role}[{rank}]"
+
+    # ---- calling ------------------------------------------------------------------------------
+    def submit(self, method: str, *args: Any, ranks: Sequence[int] | None = None) -> Pending:
+        """Start `method(*args)` on `ranks` (default: all) without waiting."""
+        ranks = list(range(len(self))) if ranks is None else list(ranks)
+        return self.submit_each(method, [args] * len(ranks), ranks)
+
+    def submit_each(self, method: str, args: Sequence[tuple], ranks: Sequence[int] | None = None) -> Pending:
+        """Start `method(*args[k])` on rank `ranks[k]` (default ranks: 0..len(args)-1)."""
+        ranks = list(range(len(args))) if ranks is None else list(ranks)
+        if self.runtime == "ray":
+            handles = [getattr(self.workers[r], method).remote(*a) for r, a in zip(ranks, args)]
+        else:
+            handles = [self._threads[r].submit(getattr(self.workers[r], method), *a) for r, a in zip(ranks, args)]
+        return Pending(self, method, ranks, handles)
+
+    def call(self, method: str, *args: Any, ranks: Sequence[int] | None = None) -> list[Any]:
+        """Run `method(*args)` on `ranks` (default: all) and return their results in rank order."""
+        return self._wait(self.submit(method, *args, ranks=ranks))
+
+    def call_each(self, method: str, args: Sequence[tuple]) -> list[Any]:
+        """Run `method(*args[r])` on each rank r and return the results in rank order."""
+        return self._wait(self.submit_each(method, args))
+
+    def _wait(self, pending: Pending) -> list[Any]:
+        return wait_all([pending], self.timeout_s)[0]
+
+    def shutdown(self) -> None:
+        """Call each worker's `shutdown` (engines free their memory), then end the workers."""
+        try:
+            self.call("shutdown")
+        finally:
+            if self.runtime == "ray":
+                import ray
+
+                for w in self.workers:
+                    ray.kill(w)
+                from ray.util.placement_group import remove_placement_group
+
+                remove_placement_group(self._pg)
+            else:
+                for t in self._threads:
+                    t.shutdown(wait=False)
+
+
+def wait_all(pendings: Sequence[Pending], timeout_s: float) -> list[list[Any]]:
+    """Wait for every call in `pendings` (possibly of several groups) for at most `timeout_s`.
+
+    Raises WorkerTimeout naming each worker still busy, or WorkerError naming the first worker
+    that raised. Waiting on all together lets collectives between groups (the weight sync) run.
+    """
+    deadline = time.monotonic() + timeout_s
+    slots = [(p, k) for p in pendings for k in range(len(p.handles))]
+    ray_handles = [p.handles[k] for p, k in slots if p.group.runtime == "ray"]
+    local_handles = [p.handles[k] for p, k in slots if p.group.runtime != "ray"]
+    if ray_handles:
+        import ray
+
+        ray.wait(ray_handles, num_returns=len(ray_handles), timeout=max(0.0, deadline - time.monotonic()))
+    if local_handles:
+        cf.wait(local_handles, timeout=max(0.0, deadline - time.monotonic()))
+    stuck = [f"{p.group.name(p.ranks[k])}.{p.method}" for p, k in slots if not _done(p.handles[k])]
+    if stuck:
+        raise WorkerTimeout(
+            f"{', '.join(stuck)} did not finish within {timeout_s:.0f} s (trainer.worker_timeout_s); "
+            f"the worker may be hung or dead"
+        )
+    results: list[list[Any]] = []
+    for p in pendings:
+        out = []
+        for k, h in enumerate(p.handles):
+            try:
+                out.append(_result(h))
+            except Exception as e:  # noqa: BLE001 - re-raised with the worker's name
+                raise WorkerError(f"{p.group.name(p.ranks[k])}.{p.method} failed: {e}") from e
+        results.append(out)
+    return results
+
+
+def _done(handle: Any) -> bool:
+    if isinstance(handle, cf.Future):
+        return handle.done()
+    import ray
+
+    ready, _ = ray.wait([handle], timeout=0)
+    return bool(ready)
+
+
+def _result(handle: Any) -> Any:
+    if isinstance(handle, cf.Future):
+        return handle.result()
+    import ray
+
+    return ray.get(handle)

