@@ -90,14 +90,17 @@ class TrajectoryBatch:
     def shard_indices(self, parts: int) -> list[list[int]]:
         """Row indices splitting the batch into `parts` equal-size shards of similar token count.
 
-        Samples are sorted by length and dealt out in snake order, so each shard (one per
-        learner rank) gets a similar amount of work. Requires len(self) % parts == 0.
+        Longest first, each sample goes to the lightest shard that still has room, so every
+        shard (one per learner rank) gets a similar amount of work. Requires len(self) % parts == 0.
         """
         if len(self) % parts:
             raise ValueError(f"{len(self)} samples do not split into {parts} equal parts")
-        order = sorted(range(len(self)), key=lambda i: len(self.prompt_ids[i]) + len(self.response_ids[i]))
+        size = len(self) // parts
+        cost = [len(p) + len(r) for p, r in zip(self.prompt_ids, self.response_ids)]
         shards: list[list[int]] = [[] for _ in range(parts)]
-        for k, i in enumerate(order):
-            lap, pos = divmod(k, parts)
-            shards[pos if lap % 2 == 0 else parts - 1 - pos].append(i)
+        load = [0] * parts
+        for i in sorted(range(len(self)), key=lambda i: -cost[i]):
+            k = min((k for k in range(parts) if len(shards[k]) < size), key=lambda k: load[k])
+            shards[k].append(i)
+            load[k] += cost[i]
         return [sorted(s) for s in shards]

@@ -41,7 +41,6 @@ class RolloutConfig:
     n: int = 8  # samples per prompt (the GRPO group size)
     max_new_tokens: int = 32
     temperature: float = 1.0
-    top_p: float = 1.0
     dtype: str = "auto"  # engine compute dtype: auto | float32 | bfloat16
     max_model_len: int = 1024
     kv_cache_gib: float = 0.5  # vLLM KV cache size per engine
@@ -174,6 +173,13 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
             f"algorithm.clip_low={cfg.algorithm.clip_low}, algorithm.clip_high="
             f"{cfg.algorithm.clip_high}: need 0 <= clip_low < 1 and clip_high >= 0"
         )
+    if cfg.trainer.sync_timeout_s >= cfg.trainer.worker_timeout_s:
+        p.append(
+            f"trainer.sync_timeout_s={cfg.trainer.sync_timeout_s} must be below trainer.worker_timeout_s="
+            f"{cfg.trainer.worker_timeout_s}, so a failed sync is reported as itself, not as a hang"
+        )
+    if cfg.learner.grad_clip <= 0:
+        p.append(f"learner.grad_clip={cfg.learner.grad_clip}: must be > 0")
     if cfg.algorithm.kl_coef < 0:
         p.append(f"algorithm.kl_coef={cfg.algorithm.kl_coef}: must be >= 0")
     if cfg.trainer.runtime == "local":

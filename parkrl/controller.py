@@ -62,7 +62,7 @@ def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data:
     a, lc, r = cfg.algorithm, cfg.learner, cfg.rollout
     timer = PhaseTimer()
     samples = data.next_prompts(cfg.trainer.prompts_per_step)
-    spec = SamplingSpec(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+    spec = SamplingSpec(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                         seed=cfg.trainer.seed * 1_000_003 + step * 10_007)
 
     with timer("generate"):
@@ -93,6 +93,7 @@ def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data:
         "reward/zero_std_groups": zero_std_fraction(rewards, batch.group_ids),
         "response/length_mean": lengths.mean().item(),
         "response/clip_frac": sum(f == "length" for f in batch.finish_reasons) / len(batch),
+        **fleet.peak_memory(),
         **timer.metrics(),
     })
     metrics["perf/gen_tokens_per_s"] = lengths.sum().item() / max(metrics["timing/generate_s"], 1e-9)

@@ -34,7 +34,7 @@ class MetricsWriter:
     def __init__(self, output_dir: Path, total_steps: int) -> None:
         self.path = output_dir / "metrics.jsonl"
         self.total_steps = total_steps
-        self._file = open(self.path, "a", buffering=1)
+        self._file = open(self.path, "w", buffering=1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from parkrl.config import DataConfig
+from parkrl.config import ConfigError, DataConfig
 
 
 def _samples(task: str, task_args: dict, seed: int, size: int, system_prompt: str) -> list[dict[str, Any]]:
@@ -13,7 +13,7 @@ def _samples(task: str, task_args: dict, seed: int, size: int, system_prompt: st
     try:
         ds = reasoning_gym.create_dataset(task, size=size, seed=seed, **task_args)
     except Exception as e:  # reasoning-gym raises several types for bad names/arguments
-        raise ValueError(f"data.task={task!r} with data.task_args={task_args}: {e}") from e
+        raise ConfigError(f"data.task={task!r} with data.task_args={task_args}: {e}") from e
     out = []
     for i in range(size):
         entry = ds[i]
@@ -43,7 +43,7 @@ class TaskPrompts:
         self.train = [s for s in train if s["question"] not in seen]
         self.excluded = len(train) - len(self.train)
         if not self.train:
-            raise ValueError(
+            raise ConfigError(
                 f"data.task={cfg.task!r}: every training question is also an eval question; "
                 f"widen data.task_args or lower data.eval_size"
             )

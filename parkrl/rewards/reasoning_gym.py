@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from parkrl.config import ConfigError
 from parkrl.rewards.base import RewardFunction
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -23,7 +24,7 @@ class ReasoningGymReward(RewardFunction):
 
     def __init__(self, answer_format: str = "last_number") -> None:
         if answer_format not in ("last_number", "text"):
-            raise ValueError(f"reward.args.answer_format={answer_format!r}: choose last_number or text")
+            raise ConfigError(f"reward.args.answer_format={answer_format!r}: choose last_number or text")
         self.answer_format = answer_format
 
     def __call__(self, completions: list[str], messages: list[list[dict[str, str]]],

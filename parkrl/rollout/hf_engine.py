@@ -36,7 +36,6 @@ class HFEngine:
             attention_mask=attn,
             do_sample=not greedy,
             temperature=None if greedy else spec.temperature,
-            top_p=None if greedy else spec.top_p,
             top_k=None,
             max_new_tokens=min(spec.max_new_tokens, self.max_model_len - width),
             pad_token_id=self.pad_id,

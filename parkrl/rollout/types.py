@@ -9,8 +9,7 @@ class SamplingSpec:
     n: int = 1  # completions per prompt
     max_new_tokens: int = 32
     temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int = 0  # prompt i is sampled with seed + i, so results do not depend on batching
+    seed: int = 0  # sample j of prompt i uses seed + i * n + j: results do not depend on batching
     logprobs: bool = True  # return the logprob of every sampled token
 
 

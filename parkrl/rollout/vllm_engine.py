@@ -54,10 +54,9 @@ class VLLMEngine:
             SamplingParams(
                 n=spec.n,
                 temperature=spec.temperature,
-                top_p=spec.top_p,
                 max_tokens=spec.max_new_tokens,
                 logprobs=0 if spec.logprobs else None,
-                seed=spec.seed + i,
+                seed=spec.seed + i * spec.n,  # vLLM seeds sample j with seed + j
             )
             for i in range(len(prompts))
         ]

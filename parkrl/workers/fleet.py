@@ -22,11 +22,12 @@ class Fleet:
         t, res = cfg.trainer, cfg.resources
         n_learners = res.learner.num_workers
         self.cfg = cfg
-        self.learner = WorkerGroup("learner", FSDPLearner, res.learner, t.runtime, t.worker_timeout_s,
-                                   lambda rank: (cfg, model_path, rank, n_learners))
-        self.rollout = WorkerGroup("rollout", RolloutWorker, res.rollout, t.runtime, t.worker_timeout_s,
-                                   lambda rank: (cfg, model_path, rank))
+        self.learner = self.rollout = None
         try:
+            self.learner = WorkerGroup("learner", FSDPLearner, res.learner, t.runtime, t.worker_timeout_s,
+                                       lambda rank: (cfg, model_path, rank, n_learners))
+            self.rollout = WorkerGroup("rollout", RolloutWorker, res.rollout, t.runtime, t.worker_timeout_s,
+                                       lambda rank: (cfg, model_path, rank))
             host, port = self.learner.call("free_address", ranks=[0])[0]
             self.learner.call("setup", host, port)
             self._metas = self.learner.call("weight_metas", ranks=[0])[0]
@@ -83,12 +84,16 @@ class Fleet:
             self.rollout.submit("receive_weights", self._metas),
         ], self.cfg.trainer.worker_timeout_s)
 
+    def peak_memory(self) -> dict[str, float]:
+        """Peak RSS of the largest worker of each role, in GiB."""
+        return {f"memory/{g.role}_peak_gib": max(g.call("peak_rss_gib")) for g in (self.learner, self.rollout)}
+
     def save_hf(self, path: str) -> None:
         self.learner.call("save_hf", path)
 
     def shutdown(self) -> None:
         """Shut every engine down first (frees its shared memory), then the learner ranks."""
-        for group in (getattr(self, "rollout", None), getattr(self, "learner", None)):
+        for group in (self.rollout, self.learner):
             if group is not None:
                 try:
                     group.shutdown()
@@ -99,4 +104,4 @@ class Fleet:
 def _offset(spec: SamplingSpec, k: int) -> SamplingSpec:
     from dataclasses import replace
 
-    return replace(spec, seed=spec.seed + k)
+    return replace(spec, seed=spec.seed + k * spec.n)

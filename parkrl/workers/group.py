@@ -51,6 +51,9 @@ class WorkerGroup:
                 bundle["GPU"] = resources.gpus_per_worker
             self._pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK", name=f"parkrl-{role}")
             if not self._pg.wait(timeout_s):
+                from ray.util.placement_group import remove_placement_group
+
+                remove_placement_group(self._pg)
                 raise WorkerTimeout(
                     f"could not place {n} {role} worker(s) of {bundle} within {timeout_s:.0f} s: the "
                     f"cluster lacks the resources (see resources.{role}.* and `ray status`)"
@@ -101,22 +104,22 @@ class WorkerGroup:
     def _wait(self, pending: Pending) -> list[Any]:
         return wait_all([pending], self.timeout_s)[0]
 
-    def shutdown(self) -> None:
-        """Call each worker's `shutdown` (engines free their memory), then end the workers."""
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Ask each worker to shut down (engines free their memory), waiting at most
+        `timeout_s`, then end the workers even if that did not finish (a hung worker)."""
         try:
-            self.call("shutdown")
+            wait_all([self.submit("shutdown")], min(timeout_s, self.timeout_s))
         finally:
             if self.runtime == "ray":
                 import ray
+                from ray.util.placement_group import remove_placement_group
 
                 for w in self.workers:
                     ray.kill(w)
-                from ray.util.placement_group import remove_placement_group
-
                 remove_placement_group(self._pg)
             else:
                 for t in self._threads:
-                    t.shutdown(wait=False)
+                    t.shutdown(wait=False, cancel_futures=True)
 
 
 def wait_all(pendings: Sequence[Pending], timeout_s: float) -> list[list[Any]]:
@@ -127,30 +130,35 @@ def wait_all(pendings: Sequence[Pending], timeout_s: float) -> list[list[Any]]:
     """
     deadline = time.monotonic() + timeout_s
     slots = [(p, k) for p in pendings for k in range(len(p.handles))]
-    ray_handles = [p.handles[k] for p, k in slots if p.group.runtime == "ray"]
-    local_handles = [p.handles[k] for p, k in slots if p.group.runtime != "ray"]
-    if ray_handles:
-        import ray
-
-        ray.wait(ray_handles, num_returns=len(ray_handles), timeout=max(0.0, deadline - time.monotonic()))
-    if local_handles:
-        cf.wait(local_handles, timeout=max(0.0, deadline - time.monotonic()))
+    while True:
+        busy = [p.handles[k] for p, k in slots if not _done(p.handles[k])]
+        failed = [(p, k) for p, k in slots if _done(p.handles[k]) and _error(p.handles[k]) is not None]
+        if failed:  # the worker that raised is the root cause; peers waiting on it would only time out
+            p, k = failed[0]
+            e = _error(p.handles[k])
+            raise WorkerError(f"{p.group.name(p.ranks[k])}.{p.method} failed: {e}") from e
+        left = deadline - time.monotonic()
+        if not busy or left <= 0:
+            break
+        _wait_any(busy, min(left, 1.0))
     stuck = [f"{p.group.name(p.ranks[k])}.{p.method}" for p, k in slots if not _done(p.handles[k])]
     if stuck:
         raise WorkerTimeout(
             f"{', '.join(stuck)} did not finish within {timeout_s:.0f} s (trainer.worker_timeout_s); "
             f"the worker may be hung or dead"
         )
-    results: list[list[Any]] = []
-    for p in pendings:
-        out = []
-        for k, h in enumerate(p.handles):
-            try:
-                out.append(_result(h))
-            except Exception as e:  # noqa: BLE001 - re-raised with the worker's name
-                raise WorkerError(f"{p.group.name(p.ranks[k])}.{p.method} failed: {e}") from e
-        results.append(out)
-    return results
+    return [[_result(h) for h in p.handles] for p in pendings]
+
+
+def _wait_any(handles: list[Any], timeout_s: float) -> None:
+    """Return when one of `handles` finishes or after `timeout_s`."""
+    futures = [h for h in handles if isinstance(h, cf.Future)]
+    if futures:
+        cf.wait(futures, timeout=timeout_s, return_when=cf.FIRST_COMPLETED)
+    else:
+        import ray
+
+        ray.wait(handles, num_returns=1, timeout=timeout_s)
 
 
 def _done(handle: Any) -> bool:
@@ -160,6 +168,15 @@ def _done(handle: Any) -> bool:
 
     ready, _ = ray.wait([handle], timeout=0)
     return bool(ready)
+
+
+def _error(handle: Any) -> BaseException | None:
+    """The exception a finished call raised, or None."""
+    try:
+        _result(handle)
+    except Exception as e:  # noqa: BLE001 - returned to the caller to re-raise with a name
+        return e
+    return None
 
 
 def _result(handle: Any) -> Any:

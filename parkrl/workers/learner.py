@@ -23,7 +23,7 @@ from parkrl.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
 from parkrl.models.logprobs import PaddedBatch, ResponseLogprobs, pad_samples
 from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors
 from parkrl.sync.group import free_port, init_sync_group, node_ip
-from parkrl.workers.threads import set_torch_threads
+from parkrl.workers.process import peak_rss_gib, set_torch_threads
 
 
 class FSDPLearner:
@@ -42,7 +42,8 @@ class FSDPLearner:
 
     def setup(self, host: str, port: int) -> None:
         """Join the learner group, load and shard the policy (and reference), build the optimizer."""
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        # CUDA tensors go over NCCL; the small CPU all-reduces (token counts, metrics) over gloo.
+        backend = "cpu:gloo,cuda:nccl" if self.device.type == "cuda" else "gloo"
         self._owns_group = not dist.is_initialized()
         if self._owns_group:
             dist.init_process_group(
@@ -111,7 +112,10 @@ class FSDPLearner:
         policy_loss = POLICY_LOSSES.get(a.policy_loss)
         aggregate = LOSS_AGGREGATIONS.get(a.loss_agg)
         kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.kl_coef > 0 else None
-        gen = torch.Generator().manual_seed(self.cfg.trainer.seed + self.rank)
+        if "old_logprobs" not in batch and lc.epochs * lc.mini_batches > 1:
+            raise ValueError("several optimizer steps per step need batch['old_logprobs']")
+        self._updates = getattr(self, "_updates", 0) + 1
+        gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + self._updates * 7919 + self.rank)
         sums = torch.zeros(8, dtype=torch.float64)  # see `names` below
         grad_norms = []
         for epoch in range(lc.epochs):
@@ -123,8 +127,8 @@ class FSDPLearner:
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows, mb in self._micro_batches(mini):
                     logprobs, entropy = self.policy(mb)
-                    if "old_logprobs" in mini:
-                        old = mb.pad_rows([mini["old_logprobs"][i] for i in rows])
+                    if "old_logprobs" in mini:  # padding gets the current value: ratio 1, no inf
+                        old = torch.where(mb.mask.bool(), mb.pad_rows([mini["old_logprobs"][i] for i in rows]), logprobs.detach())
                     else:
                         old = logprobs.detach()
                         rollout = mb.pad_rows([mini.rollout_logprobs[i] for i in rows])
@@ -133,7 +137,7 @@ class FSDPLearner:
                     out = policy_loss(logprobs, old, adv.unsqueeze(-1).expand_as(logprobs), a)
                     loss = aggregate(out.loss, mb.mask, tokens.item())
                     if kl_fn is not None:
-                        ref = mb.pad_rows([mini["ref_logprobs"][i] for i in rows])
+                        ref = torch.where(mb.mask.bool(), mb.pad_rows([mini["ref_logprobs"][i] for i in rows]), logprobs.detach())
                         kl = kl_fn(logprobs, ref)
                         loss = loss + a.kl_coef * aggregate(kl, mb.mask, tokens.item())
                         sums[4] += (kl.detach() * mb.mask).sum().item()
@@ -198,6 +202,9 @@ class FSDPLearner:
             self.policy.lm.save_pretrained(path, state_dict=state)
             load_tokenizer(self.model_path).save_pretrained(path)
         dist.barrier()
+
+    def peak_rss_gib(self) -> float:
+        return peak_rss_gib()
 
     def shutdown(self) -> None:
         if getattr(self, "_owns_group", False) and dist.is_initialized():

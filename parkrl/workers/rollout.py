@@ -4,7 +4,7 @@ from __future__ import annotations
 from parkrl.config import Config
 from parkrl.models.loading import resolve_dtype
 from parkrl.rollout import Completion, SamplingSpec, make_engine
-from parkrl.workers.threads import cpu_slot, set_torch_threads
+from parkrl.workers.process import cpu_slot, peak_rss_gib, set_torch_threads
 
 
 class RolloutWorker:
@@ -29,6 +29,9 @@ class RolloutWorker:
 
     def receive_weights(self, wire_metas: list) -> None:
         self.engine.receive_weights(wire_metas)
+
+    def peak_rss_gib(self) -> float:
+        return peak_rss_gib()
 
     def shutdown(self) -> None:
         self.engine.shutdown()

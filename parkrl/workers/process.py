@@ -1,7 +1,8 @@
-"""Thread and core settings for worker processes sharing few cores."""
+"""Per-process settings and readings of a worker: threads, cores, peak memory."""
 from __future__ import annotations
 
 import os
+import resource
 
 import torch
 
@@ -26,3 +27,8 @@ def cpu_slot(rank: int, cpus: float) -> list[int]:
     n = min(max(1, int(cpus)), len(cores))
     start = (rank * n) % len(cores)
     return [cores[(start + k) % len(cores)] for k in range(n)]
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far, in GiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)

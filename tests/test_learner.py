@@ -1,0 +1,36 @@
+"""The learner's gradient does not depend on how a mini-batch is cut into micro-batches."""
+import pytest
+import torch
+
+from parkrl.batch import TrajectoryBatch
+from parkrl.config import Config
+from parkrl.workers.learner import FSDPLearner
+
+
+def random_batch(n: int = 8) -> TrajectoryBatch:
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 1000, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    responses = [torch.randint(3, 1000, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    masks = [[1] * len(r) for r in responses]
+    masks[1][0] = 0  # an environment token inside a response
+    batch = TrajectoryBatch(prompts, responses, masks, [[-1.0] * len(r) for r in responses],
+                            [i // 4 for i in range(n)], [{}] * n, ["stop"] * n)
+    batch.add("advantages", torch.randn(n, generator=g))
+    return batch
+
+
+def grad_norm_and_loss(model_dir: str, micro_batch_size: int) -> tuple[float, float]:
+    cfg = Config()
+    cfg.learner.dtype, cfg.learner.micro_batch_size, cfg.learner.grad_clip = "float32", micro_batch_size, 1e9
+    learner = FSDPLearner(cfg, model_dir, rank=0, world_size=1)
+    learner.setup(*learner.free_address())
+    metrics = learner.update(random_batch())
+    return metrics["learner/grad_norm"], metrics["loss/policy"]
+
+
+def test_micro_batch_size_does_not_change_the_gradient(tiny_model_dir):
+    one_by_one = grad_norm_and_loss(tiny_model_dir, 1)
+    all_at_once = grad_norm_and_loss(tiny_model_dir, 8)
+    assert one_by_one[0] > 0
+    assert one_by_one[0] == pytest.approx(all_at_once[0], rel=1e-4)
+    assert one_by_one[1] == pytest.approx(all_at_once[1], rel=1e-4, abs=1e-7)
