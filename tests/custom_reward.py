@@ -1,12 +1,16 @@
-"""A user's own reward, in the user's own module (selected by `reward.cls=custom_reward.DigitShare`)."""
+"""A user's own reward, in the user's own module (selected by `reward.cls=custom_reward.ShortText`).
+
+It pays for short completions, which even a random-init model's outputs vary in, so GRPO
+gets a signal in the tiny-model tests.
+"""
 from parkrl import RewardFunction
 
 
-class DigitShare(RewardFunction):
-    """Share of the completion's characters that are digits, times `scale`."""
+class ShortText(RewardFunction):
+    """1 - len(text) / max_chars, floored at 0."""
 
-    def __init__(self, scale: float = 1.0) -> None:
-        self.scale = scale
+    def __init__(self, max_chars: int = 100) -> None:
+        self.max_chars = max_chars
 
     def __call__(self, completions, messages, samples):
-        return [self.scale * sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+        return [max(0.0, 1.0 - len(c) / self.max_chars) for c in completions]

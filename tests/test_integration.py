@@ -30,12 +30,12 @@ def tiny_config(model_dir: str, out_dir: str, **changes) -> Config:
     cfg.model.path = model_dir
     cfg.data.task_args = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
     cfg.data.eval_size, cfg.data.train_size = 8, 200
-    cfg.reward.cls = "custom_reward.DigitShare"  # varied rewards even from a random model
+    cfg.reward.cls = "custom_reward.ShortText"  # varied rewards even from a random model
     cfg.rollout.n, cfg.rollout.max_new_tokens, cfg.rollout.dtype = 4, 12, "float32"
     cfg.rollout.kv_cache_gib = 0.25
     cfg.learner.dtype, cfg.learner.lr, cfg.learner.micro_batch_size = "float32", 1e-3, 4
     cfg.trainer.prompts_per_step, cfg.trainer.total_steps, cfg.trainer.eval_every = 4, 3, 3
-    cfg.trainer.output_dir, cfg.trainer.worker_timeout_s = out_dir, 300
+    cfg.trainer.output_dir, cfg.trainer.worker_timeout_s, cfg.trainer.sync_timeout_s = out_dir, 300, 120
     cfg.resources.learner.num_workers = 2
     for dotted, value in changes.items():
         section, key = dotted.split("__")
@@ -57,12 +57,25 @@ def test_ray_fsdp2_vllm_run(tiny_model_dir, tmp_path, ray_session):
         assert 0.0 <= r["reward/mean"] <= 1.0
         assert 0 < r["response/length_mean"] <= 12
         assert r["rollout/logprob_diff"] < SYNC_OK  # every step after the first follows a sync
-        assert r["timing/step_s"] >= r["timing/generate_s"] + r["timing/update_s"] + r["timing/sync_s"]
+        assert r["learner/grad_norm"] > 0 and r["memory/learner_peak_gib"] > 0
+    assert (out / "config.json").exists()
+    # The final checkpoint loads in transformers and in vLLM, and both decode it alike.
     from transformers import AutoModelForCausalLM
 
-    final = AutoModelForCausalLM.from_pretrained(out / "final")
-    assert final.config.num_hidden_layers == 2
-    assert (out / "config.json").exists()
+    from parkrl.workers.rollout import RolloutWorker
+
+    final = AutoModelForCausalLM.from_pretrained(out / "final").eval()
+    prompt = [1, 4093, 198, 28, 1232, 216, 35, 446]
+    hf_greedy = final.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
+    cfg = tiny_config(str(out / "final"), str(tmp_path / "unused"))
+    engine = ray_session.remote(RolloutWorker).remote(cfg, str(out / "final"), 0)
+    try:
+        done = ray_session.get(engine.generate.remote([prompt], SamplingSpec(n=1, max_new_tokens=8, temperature=0.0)),
+                               timeout=300)
+        assert done[0][0].token_ids == hf_greedy[: len(done[0][0].token_ids)]
+    finally:
+        ray_session.get(engine.shutdown.remote(), timeout=60)
+        ray_session.kill(engine)
 
 
 def test_sync_keeps_engine_equal_to_learner_and_skipping_it_does_not(tiny_model_dir, tmp_path, ray_session):
@@ -106,7 +119,7 @@ def test_local_runtime_with_hf_engine(tiny_model_dir, tmp_path):
     rows = read_metrics(train(cfg))
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["rollout/logprob_diff"] < SYNC_OK for r in rows)
-    assert rows[0]["loss/policy"] != rows[1]["loss/policy"]
+    assert all(r["learner/grad_norm"] > 0 for r in rows)
 
 
 def test_cli_runs_and_puts_every_file_in_output_dir(tiny_model_dir, tmp_path):

@@ -34,9 +34,9 @@ def test_reasoning_gym_reward_uses_task_scorer():
 def test_user_reward_selected_by_import_path():
     sys.path.insert(0, str(Path(__file__).parent))
     try:
-        fn = load_reward("custom_reward.DigitShare", {"scale": 2.0})
+        fn = load_reward("custom_reward.ShortText", {"max_chars": 4})
         assert isinstance(fn, RewardFunction)
-        assert fn(["a1", "zz"], [[], []], [{}, {}]) == [1.0, 0.0]
+        assert fn(["a1", "zzzzzz"], [[], []], [{}, {}]) == [0.5, 0.0]
     finally:
         sys.path.pop(0)
 

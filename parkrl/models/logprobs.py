@@ -27,7 +27,7 @@ class ResponseLogprobs(nn.Module):
         index = batch.predict_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         logits = self.lm.get_output_embeddings()(hidden.gather(1, index)).float() / self.temperature
         logp_all = torch.log_softmax(logits, dim=-1)
-        logprobs = logp_all.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+        logprobs = logp_all.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1).clone()  # not a view (FSDP2 hooks)
         with torch.no_grad():
             entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logprobs, entropy
