@@ -12,6 +12,9 @@ from typing import Any
 import torch
 
 
+_ROW_FIELDS = ("prompt_ids", "response_ids", "loss_mask", "rollout_logprobs", "group_ids", "samples", "finish_reasons")
+
+
 @dataclass
 class TrajectoryBatch:
     """N trajectories; list index i is the same sample in every field.
@@ -36,7 +39,7 @@ class TrajectoryBatch:
 
     def __post_init__(self) -> None:
         n = len(self.prompt_ids)
-        for name in ("response_ids", "loss_mask", "rollout_logprobs", "group_ids", "samples", "finish_reasons"):
+        for name in _ROW_FIELDS:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"TrajectoryBatch.{name} has {len(getattr(self, name))} rows, expected {n}")
         for i, (ids, mask, lps) in enumerate(zip(self.response_ids, self.loss_mask, self.rollout_logprobs)):
@@ -75,16 +78,22 @@ class TrajectoryBatch:
                 return values[torch.as_tensor(indices, dtype=torch.long)]
             return [values[i] for i in indices]
 
-        out = TrajectoryBatch(
-            prompt_ids=pick(self.prompt_ids),
-            response_ids=pick(self.response_ids),
-            loss_mask=pick(self.loss_mask),
-            rollout_logprobs=pick(self.rollout_logprobs),
-            group_ids=pick(self.group_ids),
-            samples=pick(self.samples),
-            finish_reasons=pick(self.finish_reasons),
-        )
+        out = TrajectoryBatch(**{f: pick(getattr(self, f)) for f in _ROW_FIELDS})
         out.fields = {k: pick(v) for k, v in self.fields.items()}
+        return out
+
+    @staticmethod
+    def concat(parts: list["TrajectoryBatch"]) -> "TrajectoryBatch":
+        """One batch holding the rows of `parts` in order; every part must have the same fields."""
+        names = set(parts[0].fields)
+        if any(set(p.fields) != names for p in parts):
+            raise ValueError("cannot concatenate batches with different fields")
+
+        def join(values: list) -> Any:
+            return torch.cat(values) if isinstance(values[0], torch.Tensor) else [x for v in values for x in v]
+
+        out = TrajectoryBatch(**{f: join([getattr(p, f) for p in parts]) for f in _ROW_FIELDS})
+        out.fields = {k: join([p.fields[k] for p in parts]) for k in parts[0].fields}
         return out
 
     def shard_indices(self, parts: int) -> list[list[int]]:
@@ -104,3 +113,14 @@ class TrajectoryBatch:
             shards[k].append(i)
             load[k] += cost[i]
         return [sorted(s) for s in shards]
+
+
+def pad_ragged(rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged per-token values as a right-padded [N, T] float tensor and its 0/1 mask."""
+    width = max([len(r) for r in rows] + [1])
+    values = torch.zeros(len(rows), width)
+    mask = torch.zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        values[i, : len(r)] = torch.as_tensor(r, dtype=torch.float32)
+        mask[i, : len(r)] = 1.0
+    return values, mask

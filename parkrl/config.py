@@ -59,18 +59,36 @@ class LearnerConfig:
     epochs: int = 1  # passes over one step's samples
     micro_batch_size: int = 16  # samples per forward/backward on one learner rank
     gradient_checkpointing: bool = False
+    critic_lr: float = 1e-5  # the value model's learning rate (advantage=gae only)
 
 
 @dataclass
 class AlgorithmConfig:
-    advantage: str = "grpo"  # registered advantage estimator
-    std_normalize: bool = True  # False = Dr.GRPO (no division by the group std)
-    policy_loss: str = "ppo_clip"
+    advantage: str = "grpo"  # grpo | drgrpo | rloo | reinforce_pp | reinforce_pp_baseline | yours
+    policy_loss: str = "ppo_clip"  # ppo_clip | gspo | yours
     clip_low: float = 0.2
     clip_high: float = 0.2
-    loss_agg: str = "token-mean"
-    kl_coef: float = 0.0  # KL to the reference policy in the loss; 0 = no reference model
-    kl_estimator: str = "k3"
+    dual_clip_c: float = 0.0  # > 1 enables dual clip for negative advantages (e.g. 3.0); 0 = off
+    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * aggregated entropy
+    # DAPO dynamic sampling: set aside groups whose rewards are all equal and draw more prompts,
+    # at most this many generation rounds per step (set-aside groups fill any shortfall).
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_rounds: int = 3
+    # DAPO overlong shaping: within the last `overlong_buffer` tokens of rollout.max_new_tokens
+    # the reward falls linearly by up to `overlong_penalty` (0 = off) ...
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    # ... and/or completions cut at the budget are not trained on (loss mask 0).
+    overlong_filter: bool = False
+    kl_coef: float = 0.0  # KL to the reference policy; 0 = no reference model
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_in: str = "loss"  # loss (GRPO style) | reward (PPO style: a per-token penalty in the reward)
+    # PPO with a critic (advantage=gae): discount, GAE lambda, value-loss clip range and weight.
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_clip: float = 0.2
+    value_coef: float = 0.5
 
 
 @dataclass
@@ -107,6 +125,9 @@ class TrainerConfig:
     worker_timeout_s: float = 600.0  # longest wait on any remote call before failing the run
     sync_timeout_s: float = 300.0  # timeout of the weight-sync collectives
     save_final: bool = True
+    # Modules imported in the controller and in every worker before anything runs: where your
+    # @ADVANTAGES/@POLICY_LOSSES/... registrations live (they must exist in the workers too).
+    imports: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -142,6 +163,7 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     _choice(cfg.rollout.backend, "rollout.backend", ("vllm", "hf"), p)
     _choice(cfg.learner.backend, "learner.backend", ("fsdp2",), p)
     _choice(cfg.trainer.runtime, "trainer.runtime", ("ray", "local"), p)
+    _choice(cfg.algorithm.kl_in, "algorithm.kl_in", ("loss", "reward"), p)
     for key, value in (("rollout.dtype", cfg.rollout.dtype), ("learner.dtype", cfg.learner.dtype)):
         _choice(value, key, ("auto", "float32", "bfloat16"), p)
     for kind in ("advantage", "policy_loss", "loss_agg", "kl_estimator"):
@@ -180,6 +202,15 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
         )
     if cfg.learner.grad_clip <= 0:
         p.append(f"learner.grad_clip={cfg.learner.grad_clip}: must be > 0")
+    if cfg.algorithm.dynamic_sampling_max_rounds < 1:
+        p.append(f"algorithm.dynamic_sampling_max_rounds={cfg.algorithm.dynamic_sampling_max_rounds}: must be >= 1")
+    if not 0 <= cfg.algorithm.overlong_buffer < cfg.rollout.max_new_tokens:
+        p.append(
+            f"algorithm.overlong_buffer={cfg.algorithm.overlong_buffer}: must be in [0, rollout.max_new_tokens="
+            f"{cfg.rollout.max_new_tokens})"
+        )
+    if cfg.algorithm.dual_clip_c and cfg.algorithm.dual_clip_c <= 1:
+        p.append(f"algorithm.dual_clip_c={cfg.algorithm.dual_clip_c}: must be > 1 (or 0 for off)")
     if cfg.algorithm.kl_coef < 0:
         p.append(f"algorithm.kl_coef={cfg.algorithm.kl_coef}: must be >= 0")
     if cfg.trainer.runtime == "local":

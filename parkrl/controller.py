@@ -5,16 +5,16 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from parkrl.algorithms import ADVANTAGES, registered_names
-from parkrl.batch import TrajectoryBatch
-from parkrl.config import Config, validate
+from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS, registered_names
+from parkrl.batch import TrajectoryBatch, pad_ragged
+from parkrl.collect import chat_prompt_ids, collect_batch, score
+from parkrl.config import Config, ConfigError, validate
 from parkrl.data import TaskPrompts
 from parkrl.metrics import MetricsWriter, PhaseTimer
 from parkrl.models import load_tokenizer, resolve_model_path
@@ -22,10 +22,15 @@ from parkrl.rewards import RewardFunction, load_reward
 from parkrl.rollout import SamplingSpec
 from parkrl.workers.cluster import ray_cluster
 from parkrl.workers.fleet import Fleet
+from parkrl.workers.process import import_plugins
 
 
 def train(cfg: Config) -> Path:
     """Run `cfg.trainer.total_steps` RL steps; returns the output directory."""
+    try:
+        import_plugins(cfg.trainer.imports)
+    except ImportError as e:
+        raise ConfigError(str(e)) from e
     validate(cfg, registered_names())
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,25 +64,20 @@ def train(cfg: Config) -> Path:
 def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data: TaskPrompts,
             cfg: Config) -> dict[str, float]:
     """One step of the algorithm; returns its metrics."""
-    a, lc, r = cfg.algorithm, cfg.learner, cfg.rollout
+    a, lc = cfg.algorithm, cfg.learner
     timer = PhaseTimer()
-    samples = data.next_prompts(cfg.trainer.prompts_per_step)
-    spec = SamplingSpec(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                        seed=cfg.trainer.seed * 1_000_003 + step * 10_007)
 
-    with timer("generate"):
-        batch = generate(fleet, tokenizer, samples, spec)
-    with timer("reward"):
-        rewards = torch.tensor(score(reward_fn, tokenizer, batch.response_ids, batch.samples), dtype=torch.float32)
-        batch.add("rewards", rewards)
-    batch.add("advantages", ADVANTAGES.get(a.advantage)(rewards, torch.tensor(batch.group_ids), a))
-    metrics: dict[str, float] = {}
+    batch, metrics = collect_batch(step, fleet, tokenizer, reward_fn, data, cfg, timer)  # generate + reward
+    estimator = ADVANTAGES.get(a.advantage)
     with timer("logprobs"):
         if lc.mini_batches > 1 or lc.epochs > 1:  # else the update's first forward is the old policy
-            batch.add("old_logprobs", fleet.logprobs(batch, "policy"))
+            batch.add("old_logprobs", fleet.per_token(batch, "policy"))
             metrics["rollout/logprob_diff"] = logprob_diff(batch["old_logprobs"], batch)
         if a.kl_coef > 0:
-            batch.add("ref_logprobs", fleet.logprobs(batch, "reference"))
+            batch.add("ref_logprobs", fleet.per_token(batch, "reference"))
+        if getattr(estimator, "needs_critic", False):
+            batch.add("values", fleet.per_token(batch, "critic"))
+    metrics.update(add_advantages(batch, estimator, a))
     with timer("update"):
         metrics.update(fleet.update(batch))
     with timer("sync"):
@@ -86,11 +86,13 @@ def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data:
         with timer("eval"):
             metrics.update(evaluate(fleet, tokenizer, reward_fn, data.eval, cfg))
 
+    scores = batch["scores"]
     lengths = torch.tensor([len(x) for x in batch.response_ids], dtype=torch.float32)
     metrics.update({
-        "reward/mean": rewards.mean().item(),
-        "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
-        "reward/zero_std_groups": zero_std_fraction(rewards, batch.group_ids),
+        "reward/mean": scores.mean().item(),
+        "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+        "reward/shaped_mean": batch["rewards"].mean().item(),
+        "reward/zero_std_groups": zero_std_fraction(batch["rewards"], batch.group_ids),
         "response/length_mean": lengths.mean().item(),
         "response/clip_frac": sum(f == "length" for f in batch.finish_reasons) / len(batch),
         **fleet.peak_memory(),
@@ -102,40 +104,34 @@ def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data:
     return metrics
 
 
-def generate(fleet: Fleet, tokenizer, samples: list[dict[str, Any]], spec: SamplingSpec) -> TrajectoryBatch:
-    """Sample spec.n completions per task sample and pack them into a TrajectoryBatch."""
-    prompts = [chat_prompt_ids(tokenizer, s["messages"]) for s in samples]
-    groups = fleet.generate(prompts, spec)
-    rows = [(k, c) for k, group in enumerate(groups) for c in group]
-    return TrajectoryBatch(
-        prompt_ids=[prompts[k] for k, _ in rows],
-        response_ids=[c.token_ids for _, c in rows],
-        loss_mask=[[1] * len(c.token_ids) for _, c in rows],
-        rollout_logprobs=[c.logprobs for _, c in rows],
-        group_ids=[k for k, _ in rows],
-        samples=[samples[k] for k, _ in rows],
-        finish_reasons=[c.finish_reason for _, c in rows],
-    )
+def add_advantages(batch: TrajectoryBatch, estimator, a) -> dict[str, float]:
+    """Add "advantages" (and "returns" for GAE) to the batch; returns KL-in-reward metrics.
 
-
-def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of the chat-formatted prompt, ending with the assistant turn's header."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
-def score(reward_fn: RewardFunction, tokenizer, response_ids: list[list[int]],
-          samples: list[dict[str, Any]]) -> list[float]:
-    """Rewards for every completion; a wrong count or a non-finite value is an error."""
-    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    rewards = reward_fn(texts, [s["messages"] for s in samples], samples)
-    name = type(reward_fn).__name__
-    if len(rewards) != len(texts):
-        raise ValueError(f"reward function {name} returned {len(rewards)} rewards for {len(texts)} completions")
-    bad = [i for i, v in enumerate(rewards) if not math.isfinite(float(v))]
-    if bad:
-        raise ValueError(f"reward function {name} returned non-finite rewards for completions {bad[:5]}")
-    return [float(v) for v in rewards]
+    With `algorithm.kl_in=reward` the per-token penalty kl_coef * KL(policy || reference) is
+    subtracted from the reward: token by token for GAE, summed over the sample otherwise.
+    """
+    kl, metrics = None, {}
+    if a.kl_coef > 0 and a.kl_in == "reward":
+        policy = batch["old_logprobs"] if "old_logprobs" in batch else batch.rollout_logprobs
+        lp, kl_mask = pad_ragged(policy)
+        kl = KL_ESTIMATORS.get(a.kl_estimator)(lp, pad_ragged(batch["ref_logprobs"])[0]) * kl_mask
+        metrics["kl/ref"] = (kl.sum() / kl_mask.sum().clamp(min=1)).item()
+    if getattr(estimator, "needs_critic", False):
+        values, _ = pad_ragged(batch["values"])
+        mask, _ = pad_ragged(batch.loss_mask)  # trained tokens: a prefix of each response
+        token_rewards = torch.zeros_like(values)
+        for i, n in enumerate(mask.sum(-1).long().tolist()):
+            if n:
+                token_rewards[i, n - 1] = batch["rewards"][i]  # the outcome, on the last trained token
+        if kl is not None:
+            token_rewards = token_rewards - a.kl_coef * kl
+        adv, returns = estimator(token_rewards, values, mask, a)
+        batch.add("advantages", [adv[i, : len(r)].tolist() for i, r in enumerate(batch.response_ids)])
+        batch.add("returns", [returns[i, : len(r)].tolist() for i, r in enumerate(batch.response_ids)])
+    else:
+        rewards = batch["rewards"] if kl is None else batch["rewards"] - a.kl_coef * kl.sum(-1)
+        batch.add("advantages", estimator(rewards, torch.tensor(batch.group_ids), a))
+    return metrics
 
 
 def evaluate(fleet: Fleet, tokenizer, reward_fn: RewardFunction, eval_samples: list[dict[str, Any]],

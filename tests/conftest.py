@@ -48,8 +48,12 @@ def ray_session():
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="parkrl-test-ray-")
+    from parkrl.workers.cluster import worker_env
+
+    env = worker_env()  # as parkrl's own cluster start-up, plus tests/ on the path (the user's code)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env["PYTHONPATH"]])
     ray.init(num_cpus=4, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}})
+             runtime_env={"env_vars": {**env, "RAY_AUTH_MODE": "disabled"}})
     yield ray
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)

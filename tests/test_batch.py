@@ -51,3 +51,14 @@ def test_shards_partition_the_batch_with_balanced_tokens():
     assert max(tokens) - min(tokens) <= 20  # best possible is 18; contiguous chunks differ by 140
     with pytest.raises(ValueError):
         b.shard_indices(5)
+
+
+def test_concat_keeps_rows_and_fields_in_order():
+    a, b = make(2), make(3)
+    a.add("rewards", torch.tensor([1.0, 2.0]))
+    b.add("rewards", torch.tensor([3.0, 4.0, 5.0]))
+    c = TrajectoryBatch.concat([a, b])
+    assert len(c) == 5 and c["rewards"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert c.samples == a.samples + b.samples
+    with pytest.raises(ValueError, match="different fields"):
+        TrajectoryBatch.concat([a, make(1)])

@@ -13,7 +13,8 @@ import torch
 
 from parkrl.algorithms import ADVANTAGES
 from parkrl.config import Config
-from parkrl.controller import generate, logprob_diff, score, train
+from parkrl.collect import generate, score
+from parkrl.controller import logprob_diff, train
 from parkrl.models import load_tokenizer
 from parkrl.data import TaskPrompts
 from parkrl.rewards import load_reward
@@ -48,7 +49,10 @@ def read_metrics(out_dir) -> list[dict]:
 
 
 def test_ray_fsdp2_vllm_run(tiny_model_dir, tmp_path, ray_session):
-    out = train(tiny_config(tiny_model_dir, str(tmp_path / "run")))
+    # A user-registered estimator, imported by the controller and by every Ray worker.
+    cfg = tiny_config(tiny_model_dir, str(tmp_path / "run"), algorithm__advantage="median_baseline")
+    cfg.trainer.imports = ["custom_estimators"]
+    out = train(cfg)
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
@@ -95,7 +99,7 @@ def test_sync_keeps_engine_equal_to_learner_and_skipping_it_does_not(tiny_model_
         return batch
 
     def engine_vs_learner(batch) -> float:
-        return logprob_diff(fleet.logprobs(batch, "policy"), batch)
+        return logprob_diff(fleet.per_token(batch, "policy"), batch)
 
     with ray_cluster(cfg):
         fleet = Fleet(cfg, tiny_model_dir)

@@ -1,7 +1,7 @@
 """Pure tensor functions of the RL algorithms: no Ray, no models, no I/O."""
 from parkrl.algorithms.advantages import ADVANTAGES, group_stats
 from parkrl.algorithms.kl import KL_ESTIMATORS
-from parkrl.algorithms.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossOutput
+from parkrl.algorithms.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, LossNorm, PolicyLossOutput
 from parkrl.algorithms.registry import Registry
 
 
@@ -19,6 +19,7 @@ __all__ = [
     "ADVANTAGES",
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
+    "LossNorm",
     "POLICY_LOSSES",
     "PolicyLossOutput",
     "Registry",

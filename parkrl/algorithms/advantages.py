@@ -1,6 +1,8 @@
-"""Advantage estimators: per-sample rewards -> per-sample advantages.
+"""Advantage estimators: per-sample (outcome) rewards -> per-sample advantages.
 
-An estimator is `fn(rewards [N], group_ids [N], cfg: AlgorithmConfig) -> advantages [N]`.
+An estimator is `fn(rewards [N], group_ids [N], cfg: AlgorithmConfig) -> advantages [N]`;
+samples drawn from the same prompt share a group id. Register your own with
+`@ADVANTAGES.register("name")` and select it with `algorithm.advantage=name`.
 """
 from __future__ import annotations
 
@@ -14,26 +16,88 @@ ADVANTAGES = Registry("advantage estimator", "algorithm.advantage")
 EPS = 1e-6
 
 
-def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample mean and (unbiased) std of the sample's group; std is 0 for groups of size 1."""
+def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample mean, unbiased std (0 for groups of size 1) and size of the sample's group."""
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
     values = values.double()
     sums = torch.zeros(len(counts), dtype=values.dtype).index_add_(0, inverse, values)
     means = sums / counts
     sq = torch.zeros(len(counts), dtype=values.dtype).index_add_(0, inverse, (values - means[inverse]) ** 2)
     var = torch.where(counts > 1, sq / (counts - 1).clamp(min=1), torch.zeros_like(sq))
-    return means[inverse], var.sqrt()[inverse]
+    return means[inverse], var.sqrt()[inverse], counts[inverse]
 
 
 @ADVANTAGES.register("grpo")
 def grpo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor:
-    """GRPO: A_i = (r_i - mean(group)) / (std(group) + eps); Dr.GRPO (cfg.std_normalize=False)
-    skips the division.
+    """GRPO: A_i = (r_i - mean(group)) / (std(group) + eps), unbiased std.
 
     A group whose rewards are all equal (or of size 1) gets advantage 0 everywhere.
     """
-    mean, std = group_stats(rewards, group_ids)
-    adv = rewards.double() - mean
-    if cfg.std_normalize:
-        adv = adv / (std + EPS)
-    return adv.float()
+    mean, std, _ = group_stats(rewards, group_ids)
+    return ((rewards.double() - mean) / (std + EPS)).float()
+
+
+@ADVANTAGES.register("drgrpo")
+def drgrpo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor:
+    """Dr.GRPO: A_i = r_i - mean(group), no division by the group std (which up-weights
+    groups that are nearly all right or all wrong). Pair it with `seq-mean-token-sum-norm`."""
+    mean, _, _ = group_stats(rewards, group_ids)
+    return (rewards.double() - mean).float()
+
+
+@ADVANTAGES.register("rloo")
+def rloo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor:
+    """RLOO: A_i = r_i - mean_{j != i} r_j over the other samples of the group
+    (= n/(n-1) * (r_i - mean(group))); 0 for groups of size 1."""
+    mean, _, n = group_stats(rewards, group_ids)
+    n = n.double()
+    scale = torch.where(n > 1, n / (n - 1).clamp(min=1), torch.zeros_like(n))
+    return (scale * (rewards.double() - mean)).float()
+
+
+def _whiten(x: torch.Tensor) -> torch.Tensor:
+    if len(x) < 2:
+        return torch.zeros_like(x)
+    return (x - x.mean()) / (x.std() + EPS)
+
+
+@ADVANTAGES.register("reinforce_pp")
+def reinforce_pp(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor:
+    """REINFORCE++ (outcome reward, gamma = 1): the return of every token is the sample's
+    reward; advantages are whitened over the whole batch, A_i = (r_i - mean_batch) / std_batch.
+    No per-prompt baseline."""
+    return _whiten(rewards.double()).float()
+
+
+@ADVANTAGES.register("reinforce_pp_baseline")
+def reinforce_pp_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor:
+    """REINFORCE++ with baseline: subtract the group mean first, then whiten over the batch,
+    A_i = whiten_batch(r_i - mean(group))."""
+    mean, _, _ = group_stats(rewards, group_ids)
+    return _whiten(rewards.double() - mean).float()
+
+
+@ADVANTAGES.register("gae")
+def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+        cfg: AlgorithmConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE (PPO with a critic), per token on [B, T] tensors whose mask is 1 on a prefix:
+
+        delta_t = r_t + gamma * V_{t+1} - V_t,   A_t = delta_t + gamma * lambda * A_{t+1},
+
+    with V and A past the last trained token taken as 0. Returns (advantages, returns = A + V).
+    Unlike the outcome estimators its signature is token-level; `needs_critic` marks it.
+    """
+    gamma, lam = cfg.gamma, cfg.lam
+    rewards, values, mask = token_rewards.double(), values.double(), mask.double()
+    adv = torch.zeros_like(rewards)
+    next_value = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    next_adv = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv[:, t] = (delta + gamma * lam * next_adv) * mask[:, t]
+        next_value = values[:, t] * mask[:, t]
+        next_adv = adv[:, t]
+    return adv.float(), (adv + values * mask).float()
+
+
+gae.needs_critic = True  # type: ignore[attr-defined]

@@ -11,8 +11,11 @@ from parkrl.config import Config
 
 
 def worker_env() -> dict[str, str]:
-    """Environment every worker process gets."""
-    return {"TOKENIZERS_PARALLELISM": "false", "VLLM_NO_USAGE_STATS": "1", "VLLM_CONFIGURE_LOGGING": "0"}
+    """Environment every worker process gets; the driver's working directory is on the workers'
+    PYTHONPATH, so modules named in `trainer.imports` or `reward.cls` import there as here."""
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    return {"TOKENIZERS_PARALLELISM": "false", "VLLM_NO_USAGE_STATS": "1", "VLLM_CONFIGURE_LOGGING": "0",
+            "PYTHONPATH": path}
 
 
 @contextmanager

@@ -62,10 +62,10 @@ class Fleet:
         results = self.rollout._wait(self.rollout.submit_each("generate", [args[i] for i in active], active))
         return [group for chunk in results for group in chunk]
 
-    def logprobs(self, batch: TrajectoryBatch, model: str) -> list[list[float]]:
-        """Per-token logprobs of every sample under the "policy" or the "reference" model."""
+    def per_token(self, batch: TrajectoryBatch, model: str) -> list[list[float]]:
+        """Per-token values of every sample: logprobs under "policy" or "reference", or "critic" values."""
         shards = batch.shard_indices(len(self.learner))
-        parts = self.learner.call_each("compute_logprobs", [(batch.select(s), model) for s in shards])
+        parts = self.learner.call_each("per_token", [(batch.select(s), model) for s in shards])
         out: list[list[float]] = [[] for _ in range(len(batch))]
         for rows, values in zip(shards, parts):
             for i, v in zip(rows, values):

@@ -1,4 +1,10 @@
-"""The learner: one FSDP2 rank of the policy (and the frozen reference policy when KL is on).
+"""The learner: one FSDP2 rank of the policy, plus the frozen reference policy when KL is on and
+the critic (value model) when the advantage estimator needs one (PPO's GAE).
+
+The critic lives on the learner's ranks rather than in a group of its own: it has the policy's
+size and batch, trains in the same micro-batch loop, and on a small box a second group would
+only add processes and batch transfers. A separate critic group is worth it when the critic is
+much larger than the policy.
 
 The controller gives every rank an equal share of the step's samples. A rank splits its share
 into `learner.mini_batches` mini-batches (one optimizer step each) and those into micro-batches
@@ -16,14 +22,24 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from parkrl.algorithms import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
+from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, LossNorm
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
 from parkrl.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
-from parkrl.models.logprobs import PaddedBatch, ResponseLogprobs, pad_samples
+from parkrl.models.response import PaddedBatch, ResponseLogprobs, ResponseValues, pad_samples
 from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors
 from parkrl.sync.group import free_port, init_sync_group, node_ip
-from parkrl.workers.process import peak_rss_gib, set_torch_threads
+from parkrl.workers.process import import_plugins, peak_rss_gib, set_torch_threads
+
+
+_STATS = ("policy_loss", "clipped", "entropy", "ratio_dev", "tokens", "kl", "logprob_diff", "value_loss",
+          "value_clipped", "critic_grad_norm")
+
+
+def _clip(model: torch.nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm (over all ranks' shards); returns the norm before clipping."""
+    total = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(total.full_tensor() if hasattr(total, "full_tensor") else total)
 
 
 class FSDPLearner:
@@ -31,6 +47,7 @@ class FSDPLearner:
 
     def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int) -> None:
         set_torch_threads(cfg.resources.learner.cpus_per_worker)
+        import_plugins(cfg.trainer.imports)
         self.cfg, self.model_path, self.rank, self.world_size = cfg, model_path, rank, world_size
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self._sync_group = None
@@ -55,27 +72,31 @@ class FSDPLearner:
         # else: runtime=local with an in-process vLLM engine, which made a 1-rank default group
         torch.manual_seed(self.cfg.trainer.seed)
         self.pad_id = load_tokenizer(self.model_path).pad_token_id
-        self.policy = self._sharded_model(trainable=True)
-        lc = self.cfg.learner
+        lc, a = self.cfg.learner, self.cfg.algorithm
+        self.policy = self._sharded(ResponseLogprobs, trainable=True)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
-        self.reference = self._sharded_model(trainable=False) if self.cfg.algorithm.kl_coef > 0 else None
+        self.reference = None
+        if a.kl_coef > 0:
+            self.reference = self._sharded(ResponseLogprobs, trainable=False)
+        self.critic = self.critic_optimizer = None
+        if getattr(ADVANTAGES.get(a.advantage), "needs_critic", False):
+            self.critic = self._sharded(ResponseValues, trainable=True)
+            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=lc.critic_lr, weight_decay=lc.weight_decay)
 
-    def _sharded_model(self, trainable: bool) -> ResponseLogprobs:
+    def _sharded(self, head: type, trainable: bool) -> torch.nn.Module:
+        """Load the model, wrap it (`ResponseLogprobs` or `ResponseValues`) and apply FSDP2:
+        every decoder layer, then the root (embeddings, output head)."""
         lm = load_causal_lm(self.model_path, torch.float32).to(self.device)
         if trainable and self.cfg.learner.gradient_checkpointing:
             lm.gradient_checkpointing_enable()
-        model = ResponseLogprobs(lm, self.cfg.rollout.temperature)
+        model = head(lm, self.cfg.rollout.temperature) if head is ResponseLogprobs else head(lm)
         mp = MixedPrecisionPolicy(param_dtype=resolve_dtype(self.cfg.learner.dtype), reduce_dtype=torch.float32)
         layer_classes = set(getattr(lm, "_no_split_modules", None) or [])
-        for module in lm.modules():
+        for module in model.modules():
             if type(module).__name__ in layer_classes:
                 fully_shard(module, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
-        if not trainable:
-            model.eval().requires_grad_(False)
-        else:
-            model.train()
-        return model
+        return model.train() if trainable else model.eval().requires_grad_(False)
 
     # ---- logprobs and update ------------------------------------------------------------------
     def _micro_batches(self, batch: TrajectoryBatch) -> list[tuple[list[int], PaddedBatch]]:
@@ -91,80 +112,131 @@ class FSDPLearner:
         return out
 
     @torch.no_grad()
-    def compute_logprobs(self, batch: TrajectoryBatch, model: str = "policy") -> list[list[float]]:
-        """Per-response-token logprobs of this rank's samples under "policy" or "reference"."""
-        net = self.policy if model == "policy" else self.reference
+    def per_token(self, batch: TrajectoryBatch, model: str = "policy") -> list[list[float]]:
+        """Per-response-token values of this rank's samples: logprobs under "policy" or
+        "reference", or the critic's state values ("critic")."""
+        net = {"policy": self.policy, "reference": self.reference, "critic": self.critic}[model]
         result: list[list[float]] = [[] for _ in range(len(batch))]
         for rows, mb in self._micro_batches(batch):
-            logprobs, _ = net(mb)
-            for i, values in zip(rows, mb.unpad(logprobs.float().cpu())):
-                result[i] = values
+            out = net(mb)
+            values = out if model == "critic" else out[0]
+            for i, v in zip(rows, mb.unpad(values.float().cpu())):
+                result[i] = v
         return result
 
     def update(self, batch: TrajectoryBatch) -> dict[str, float]:
         """Train on this rank's share of the step; returns step metrics summed over all ranks.
 
-        batch fields used: "advantages" (per sample); "old_logprobs" when present, else the
-        policy before the first optimizer step is the old policy (one mini-batch, one epoch);
-        "ref_logprobs" when KL is on.
+        batch fields used: "advantages" (per sample, or per token for GAE); "old_logprobs" when
+        present, else the policy before the first optimizer step is the old policy (one
+        mini-batch, one epoch); "ref_logprobs" when KL is in the loss; "values" and "returns"
+        when there is a critic.
         """
-        a, lc = self.cfg.algorithm, self.cfg.learner
-        policy_loss = POLICY_LOSSES.get(a.policy_loss)
-        aggregate = LOSS_AGGREGATIONS.get(a.loss_agg)
-        kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.kl_coef > 0 else None
+        lc = self.cfg.learner
         if "old_logprobs" not in batch and lc.epochs * lc.mini_batches > 1:
             raise ValueError("several optimizer steps per step need batch['old_logprobs']")
         self._updates = getattr(self, "_updates", 0) + 1
         gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + self._updates * 7919 + self.rank)
-        sums = torch.zeros(8, dtype=torch.float64)  # see `names` below
+        stats = dict.fromkeys(_STATS, 0.0)
         grad_norms = []
         for epoch in range(lc.epochs):
-            perm = torch.randperm(len(batch), generator=gen).tolist() if epoch else list(range(len(batch)))
-            shares = [perm[k :: lc.mini_batches] for k in range(lc.mini_batches)]
-            for mini in (batch.select(sorted(s)) for s in shares):
-                tokens = torch.tensor([float(sum(sum(m) for m in mini.loss_mask))], dtype=torch.float64)
-                dist.all_reduce(tokens)  # normaliser: tokens of the whole mini-batch, all ranks
+            order = torch.randperm(len(batch), generator=gen).tolist() if epoch else list(range(len(batch)))
+            for share in (order[k :: lc.mini_batches] for k in range(lc.mini_batches)):
+                mini = batch.select(sorted(share))
+                norm = self._loss_norm(mini)
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.critic is not None:
+                    self.critic_optimizer.zero_grad(set_to_none=True)
                 for rows, mb in self._micro_batches(mini):
-                    logprobs, entropy = self.policy(mb)
-                    if "old_logprobs" in mini:  # padding gets the current value: ratio 1, no inf
-                        old = torch.where(mb.mask.bool(), mb.pad_rows([mini["old_logprobs"][i] for i in rows]), logprobs.detach())
-                    else:
-                        old = logprobs.detach()
-                        rollout = mb.pad_rows([mini.rollout_logprobs[i] for i in rows])
-                        sums[6] += ((old - rollout).abs() * mb.mask).sum().item()
-                    adv = torch.as_tensor([float(mini["advantages"][i]) for i in rows], device=self.device)
-                    out = policy_loss(logprobs, old, adv.unsqueeze(-1).expand_as(logprobs), a)
-                    loss = aggregate(out.loss, mb.mask, tokens.item())
-                    if kl_fn is not None:
-                        ref = torch.where(mb.mask.bool(), mb.pad_rows([mini["ref_logprobs"][i] for i in rows]), logprobs.detach())
-                        kl = kl_fn(logprobs, ref)
-                        loss = loss + a.kl_coef * aggregate(kl, mb.mask, tokens.item())
-                        sums[4] += (kl.detach() * mb.mask).sum().item()
+                    loss = self._loss(mini, rows, mb, norm, stats)
+                    if self.critic is not None:
+                        loss = loss + self._value_loss(mini, rows, mb, norm, stats)
                     (loss * self.world_size).backward()  # FSDP averages gradients over ranks
-                    m = mb.mask
-                    sums[0] += (out.loss.detach() * m).sum().item()
-                    sums[1] += (out.clipped * m).sum().item()
-                    sums[2] += (entropy * m).sum().item()
-                    sums[3] += m.sum().item()
-                    sums[5] += ((out.ratio.detach() - 1).abs() * m).sum().item()
-                norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), lc.grad_clip)
-                grad_norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+                grad_norms.append(_clip(self.policy, lc.grad_clip))
                 self.optimizer.step()
-        dist.all_reduce(sums)
-        n = max(sums[3].item(), 1.0)
+                if self.critic is not None:
+                    stats["critic_grad_norm"] += _clip(self.critic, lc.grad_clip)
+                    self.critic_optimizer.step()
+        return self._step_metrics(stats, grad_norms, on_policy_forward="old_logprobs" not in batch)
+
+    def _loss_norm(self, mini: TrajectoryBatch) -> LossNorm:
+        """Token and sample counts of the whole mini-batch, summed over all ranks."""
+        sizes = torch.tensor([float(sum(sum(m) for m in mini.loss_mask)), float(len(mini))], dtype=torch.float64)
+        dist.all_reduce(sizes)
+        return LossNorm(tokens=sizes[0].item(), sequences=sizes[1].item(), max_new_tokens=self.cfg.rollout.max_new_tokens)
+
+    def _loss(self, mini: TrajectoryBatch, rows: list[int], mb: PaddedBatch, norm: LossNorm,
+              stats: dict[str, float]) -> torch.Tensor:
+        """The loss of one micro-batch (policy loss, KL, entropy bonus); adds to `stats`."""
+        a = self.cfg.algorithm
+        logprobs, entropy = self.policy(mb, entropy_grad=a.entropy_coef > 0)
+        m = mb.mask
+
+        def padded(field: str) -> torch.Tensor:  # padding gets the current value: ratio 1, KL 0
+            return torch.where(m.bool(), mb.pad_rows([mini[field][i] for i in rows]), logprobs.detach())
+
+        if "old_logprobs" in mini:
+            old = padded("old_logprobs")
+        else:  # on-policy: this forward is the policy that generated the batch
+            old = logprobs.detach()
+            rollout = mb.pad_rows([mini.rollout_logprobs[i] for i in rows])
+            stats["logprob_diff"] += ((old - rollout).abs() * m).sum().item()
+        advantages = mini["advantages"]
+        if isinstance(advantages, torch.Tensor):  # one per sample, broadcast over its tokens
+            adv = advantages[torch.as_tensor(rows)].to(self.device).unsqueeze(-1).expand_as(logprobs)
+        else:  # one per token (GAE)
+            adv = mb.pad_rows([advantages[i] for i in rows])
+        out = POLICY_LOSSES.get(a.policy_loss)(logprobs, old, adv, m, a)
+        aggregate = LOSS_AGGREGATIONS.get(a.loss_agg)
+        loss = aggregate(out.loss, m, norm)
+        if a.kl_coef > 0 and a.kl_in == "loss":
+            kl = KL_ESTIMATORS.get(a.kl_estimator)(logprobs, padded("ref_logprobs"))
+            loss = loss + a.kl_coef * aggregate(kl, m, norm)
+            stats["kl"] += (kl.detach() * m).sum().item()
+        if a.entropy_coef > 0:
+            loss = loss - a.entropy_coef * aggregate(entropy, m, norm)
+        stats["policy_loss"] += (out.loss.detach() * m).sum().item()
+        stats["clipped"] += (out.clipped * m).sum().item()
+        stats["entropy"] += (entropy.detach() * m).sum().item()
+        stats["ratio_dev"] += ((out.ratio.detach() - 1).abs() * m).sum().item()
+        stats["tokens"] += m.sum().item()
+        return loss
+
+    def _value_loss(self, mini: TrajectoryBatch, rows: list[int], mb: PaddedBatch, norm: LossNorm,
+                    stats: dict[str, float]) -> torch.Tensor:
+        """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- value_clip) - R)^2)."""
+        a = self.cfg.algorithm
+        values = self.critic(mb)
+        old = mb.pad_rows([mini["values"][i] for i in rows])
+        returns = mb.pad_rows([mini["returns"][i] for i in rows])
+        clipped = old + (values - old).clamp(-a.value_clip, a.value_clip)
+        unclipped_err, clipped_err = (values - returns) ** 2, (clipped - returns) ** 2
+        stats["value_loss"] += (0.5 * torch.maximum(unclipped_err, clipped_err).detach() * mb.mask).sum().item()
+        stats["value_clipped"] += ((clipped_err > unclipped_err).float() * mb.mask).sum().item()
+        return a.value_coef * 0.5 * LOSS_AGGREGATIONS.get("token-mean")(torch.maximum(unclipped_err, clipped_err), mb.mask, norm)
+
+    def _step_metrics(self, stats: dict[str, float], grad_norms: list[float], on_policy_forward: bool) -> dict[str, float]:
+        """Per-token means over every rank's tokens (all epochs) of the accumulated stats."""
+        totals = torch.tensor([stats[k] for k in _STATS], dtype=torch.float64)
+        dist.all_reduce(totals)
+        t = dict(zip(_STATS, totals.tolist()))
+        n = max(t["tokens"], 1.0)
         metrics = {
-            "loss/policy": sums[0].item() / n,
-            "loss/clip_frac": sums[1].item() / n,
-            "policy/entropy": sums[2].item() / n,
-            "policy/ratio_dev": sums[5].item() / n,
+            "loss/policy": t["policy_loss"] / n,
+            "loss/clip_frac": t["clipped"] / n,
+            "policy/entropy": t["entropy"] / n,
+            "policy/ratio_dev": t["ratio_dev"] / n,
             "learner/grad_norm": sum(grad_norms) / len(grad_norms),
-            "learner/tokens": n,
+            "learner/tokens": n / self.cfg.learner.epochs,
         }
-        if kl_fn is not None:
-            metrics["kl/ref"] = sums[4].item() / n
-        if "old_logprobs" not in batch:  # first forward was the rollout policy: compare
-            metrics["rollout/logprob_diff"] = sums[6].item() / (n / lc.epochs)
+        if self.cfg.algorithm.kl_coef > 0 and self.cfg.algorithm.kl_in == "loss":
+            metrics["kl/ref"] = t["kl"] / n
+        if self.critic is not None:
+            metrics["loss/value"] = t["value_loss"] / n
+            metrics["critic/value_clip_frac"] = t["value_clipped"] / n
+            metrics["critic/grad_norm"] = t["critic_grad_norm"] / len(grad_norms) / self.world_size
+        if on_policy_forward:  # one epoch, one mini-batch: compared on every token once
+            metrics["rollout/logprob_diff"] = t["logprob_diff"] / n
         return metrics
 
     # ---- weight sync and saving ---------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 from parkrl.config import Config
 from parkrl.models.loading import resolve_dtype
 from parkrl.rollout import Completion, SamplingSpec, make_engine
-from parkrl.workers.process import cpu_slot, peak_rss_gib, set_torch_threads
+from parkrl.workers.process import import_plugins, cpu_slot, peak_rss_gib, set_torch_threads
 
 
 class RolloutWorker:
@@ -13,6 +13,7 @@ class RolloutWorker:
     def __init__(self, cfg: Config, model_path: str, rank: int) -> None:
         cpus = cfg.resources.rollout.cpus_per_worker
         set_torch_threads(cpus)
+        import_plugins(cfg.trainer.imports)
         r = cfg.rollout
         self.rank = rank
         self.engine = make_engine(

@@ -1,4 +1,5 @@
-"""Per-token logprobs of response tokens, and padding variable-length samples for the learner."""
+"""Forward passes that return one value per response token (logprobs and entropy of the policy;
+state values of the critic), and padding variable-length samples for them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ class ResponseLogprobs(nn.Module):
         self.lm = lm
         self.temperature = max(temperature, 1e-6) if temperature > 0 else 1.0
 
-    def forward(self, batch: "PaddedBatch") -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: "PaddedBatch", entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logprobs [B, R], entropy [B, R]); entropy carries gradient only if `entropy_grad`."""
         hidden = self.lm.base_model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
         ).last_hidden_state
@@ -28,9 +30,27 @@ class ResponseLogprobs(nn.Module):
         logits = self.lm.get_output_embeddings()(hidden.gather(1, index)).float() / self.temperature
         logp_all = torch.log_softmax(logits, dim=-1)
         logprobs = logp_all.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1).clone()  # not a view (FSDP2 hooks)
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logprobs, entropy
+
+
+class ResponseValues(nn.Module):
+    """A critic: the LM's backbone plus a scalar head, read at the positions that predict each
+    response token (the state before that token is emitted)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.backbone = lm.base_model
+        self.head = nn.Linear(lm.config.hidden_size, 1)
+        nn.init.zeros_(self.head.weight)  # start at V = 0: early advantages are plain returns
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, batch: "PaddedBatch") -> torch.Tensor:
+        hidden = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               use_cache=False).last_hidden_state
+        index = batch.predict_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return self.head(hidden.gather(1, index)).squeeze(-1).float().clone()  # not a view (FSDP2 hooks)
 
 
 @dataclass

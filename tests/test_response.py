@@ -1,7 +1,7 @@
 """Response logprobs from the learner's forward equal a plain full-vocabulary forward."""
 import torch
 
-from parkrl.models.logprobs import ResponseLogprobs, pad_samples
+from parkrl.models.response import ResponseLogprobs, pad_samples
 
 
 def test_pad_samples_aligns_predicting_positions():

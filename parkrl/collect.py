@@ -1,0 +1,124 @@
+"""Collecting one step's batch: generate, score, shape rewards, and (DAPO) keep sampling until
+enough prompt groups carry a learning signal.
+
+Fields added to the batch: "scores" (the reward function's values, reported as reward/mean)
+and "rewards" (after overlong shaping; what the advantages are computed from).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from parkrl.batch import TrajectoryBatch
+from parkrl.config import AlgorithmConfig, Config
+from parkrl.data import TaskPrompts
+from parkrl.metrics import PhaseTimer
+from parkrl.rewards import RewardFunction
+from parkrl.rollout import SamplingSpec
+
+
+def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: TaskPrompts, cfg: Config,
+                  timer: PhaseTimer) -> tuple[TrajectoryBatch, dict[str, float]]:
+    """`trainer.prompts_per_step` groups of `rollout.n` scored samples, and sampling metrics.
+
+    With `algorithm.dynamic_sampling`, groups whose rewards are all equal (no GRPO signal) are
+    set aside and more prompts are drawn, up to `algorithm.dynamic_sampling_max_rounds` rounds;
+    if the cap is hit, set-aside groups fill the remainder so the batch size stays fixed.
+    """
+    a, r = cfg.algorithm, cfg.rollout
+    want = cfg.trainer.prompts_per_step
+    rounds = a.dynamic_sampling_max_rounds if a.dynamic_sampling else 1
+    kept: list[TrajectoryBatch] = []
+    spare: list[TrajectoryBatch] = []
+    drawn = 0
+    for rnd in range(rounds):
+        spec = SamplingSpec(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                            seed=cfg.trainer.seed * 1_000_003 + step * 10_007 + rnd * 7_919_993)
+        samples = data.next_prompts(want)
+        with timer("generate"):
+            part = generate(fleet, tokenizer, samples, spec, group_offset=drawn, mask_truncated=a.overlong_filter)
+        drawn += len(samples)
+        with timer("reward"):
+            scores = torch.tensor(score(reward_fn, tokenizer, part.response_ids, part.samples), dtype=torch.float32)
+            part.add("scores", scores)
+            part.add("rewards", overlong_shaped(scores, part, a, r.max_new_tokens))
+        if not a.dynamic_sampling:
+            kept.append(part)
+            break
+        informative, flat = split_by_signal(part)
+        kept += [informative] if len(informative) else []
+        spare += [flat] if len(flat) else []
+        if sum(len(b) for b in kept) >= want * r.n:
+            break
+    batch = TrajectoryBatch.concat(kept + spare)
+    batch = batch.select(list(range(want * r.n)))  # groups are contiguous: the first `want` groups
+    return batch, {
+        "rollout/prompts_drawn": float(drawn),
+        "rollout/filled_groups": float(max(0, want - sum(len(b) for b in kept) // r.n)),
+    }
+
+
+def generate(fleet, tokenizer, samples: list[dict[str, Any]], spec: SamplingSpec, group_offset: int = 0,
+             mask_truncated: bool = False) -> TrajectoryBatch:
+    """Sample spec.n completions per task sample and pack them into a TrajectoryBatch.
+
+    Completions cut at the token budget get loss mask 0 when `mask_truncated` (DAPO's overlong
+    filtering): they are scored, but not trained on.
+    """
+    prompts = [chat_prompt_ids(tokenizer, s["messages"]) for s in samples]
+    groups = fleet.generate(prompts, spec)
+    rows = [(k, c) for k, group in enumerate(groups) for c in group]
+    masked = [mask_truncated and c.finish_reason == "length" for _, c in rows]
+    return TrajectoryBatch(
+        prompt_ids=[prompts[k] for k, _ in rows],
+        response_ids=[c.token_ids for _, c in rows],
+        loss_mask=[[0 if m else 1] * len(c.token_ids) for (_, c), m in zip(rows, masked)],
+        rollout_logprobs=[c.logprobs for _, c in rows],
+        group_ids=[group_offset + k for k, _ in rows],
+        samples=[samples[k] for k, _ in rows],
+        finish_reasons=[c.finish_reason for _, c in rows],
+    )
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the chat-formatted prompt, ending with the assistant turn's header."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def score(reward_fn: RewardFunction, tokenizer, response_ids: list[list[int]],
+          samples: list[dict[str, Any]]) -> list[float]:
+    """Rewards for every completion; a wrong count or a non-finite value is an error."""
+    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+    rewards = reward_fn(texts, [s["messages"] for s in samples], samples)
+    name = type(reward_fn).__name__
+    if len(rewards) != len(texts):
+        raise ValueError(f"reward function {name} returned {len(rewards)} rewards for {len(texts)} completions")
+    bad = [i for i, v in enumerate(rewards) if not math.isfinite(float(v))]
+    if bad:
+        raise ValueError(f"reward function {name} returned non-finite rewards for completions {bad[:5]}")
+    return [float(v) for v in rewards]
+
+
+def overlong_shaped(scores: torch.Tensor, batch: TrajectoryBatch, a: AlgorithmConfig, max_new_tokens: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment: with `algorithm.overlong_buffer = B > 0`, a completion of
+    length L > max_new_tokens - B loses overlong_penalty * (L - (max_new_tokens - B)) / B
+    (the full penalty at the budget); shorter ones are unchanged."""
+    if a.overlong_buffer <= 0:
+        return scores.clone()
+    start = max_new_tokens - a.overlong_buffer
+    lengths = torch.tensor([len(x) for x in batch.response_ids], dtype=torch.float32)
+    return scores - a.overlong_penalty * ((lengths - start).clamp(min=0) / a.overlong_buffer).clamp(max=1.0)
+
+
+def split_by_signal(batch: TrajectoryBatch) -> tuple[TrajectoryBatch, TrajectoryBatch]:
+    """(rows of groups whose rewards differ, rows of groups whose rewards are all equal)."""
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(batch.group_ids):
+        by_group.setdefault(g, []).append(i)
+    rewards = batch["rewards"].tolist()
+    informative = [i for rows in by_group.values() if len({rewards[j] for j in rows}) > 1 for i in rows]
+    flat = [i for rows in by_group.values() if len({rewards[j] for j in rows}) <= 1 for i in rows]
+    return batch.select(informative), batch.select(flat)
