@@ -23,8 +23,9 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
                   timer: PhaseTimer) -> tuple[TrajectoryBatch, dict[str, float]]:
     """`trainer.prompts_per_step` groups of `rollout.n` scored samples, and sampling metrics.
 
-    With `algorithm.dynamic_sampling`, groups whose rewards are all equal (no GRPO signal) are
-    set aside and more prompts are drawn, up to `algorithm.dynamic_sampling_max_rounds` rounds;
+    With `algorithm.dynamic_sampling`, groups whose task scores are all equal (every sample
+    right, or every one wrong: DAPO's filter, on the unshaped score) are set aside and more
+    prompts are drawn, up to `algorithm.dynamic_sampling_max_rounds` rounds;
     if the cap is hit, set-aside groups fill the remainder so the batch size stays fixed.
     """
     a, r = cfg.algorithm, cfg.rollout
@@ -114,11 +115,14 @@ def overlong_shaped(scores: torch.Tensor, batch: TrajectoryBatch, a: AlgorithmCo
 
 
 def split_by_signal(batch: TrajectoryBatch) -> tuple[TrajectoryBatch, TrajectoryBatch]:
-    """(rows of groups whose rewards differ, rows of groups whose rewards are all equal)."""
+    """(rows of groups whose scores differ, rows of groups whose scores are all equal).
+
+    The task score decides, not the shaped reward: overlong shaping makes rewards differ by
+    length even when every answer is equally right or wrong."""
     by_group: dict[int, list[int]] = {}
     for i, g in enumerate(batch.group_ids):
         by_group.setdefault(g, []).append(i)
-    rewards = batch["rewards"].tolist()
+    rewards = batch["scores"].tolist()
     informative = [i for rows in by_group.values() if len({rewards[j] for j in rows}) > 1 for i in rows]
     flat = [i for rows in by_group.values() if len({rewards[j] for j in rows}) <= 1 for i in rows]
     return batch.select(informative), batch.select(flat)

@@ -10,12 +10,13 @@ from parkrl.rewards import RewardFunction
 from parkrl.rollout import Completion
 
 
-def rows(lengths, groups, rewards=None) -> TrajectoryBatch:
+def rows(lengths, groups, scores=None, rewards=None) -> TrajectoryBatch:
     n = len(lengths)
     b = TrajectoryBatch([[1]] * n, [[5] * L for L in lengths], [[1] * L for L in lengths],
                         [[0.0] * L for L in lengths], groups, [{}] * n, ["stop"] * n)
-    if rewards is not None:
-        b.add("rewards", torch.tensor(rewards))
+    if scores is not None:
+        b.add("scores", torch.tensor(scores))
+        b.add("rewards", torch.tensor(rewards if rewards is not None else scores))
     return b
 
 
@@ -27,10 +28,13 @@ def test_overlong_soft_punishment_by_hand():
     assert off.tolist() == [1.0, 1.0]
 
 
-def test_split_by_signal_keeps_whole_groups():
-    b = rows([1] * 6, [0, 0, 1, 1, 2, 2], rewards=[1.0, 0.0, 0.5, 0.5, 0.0, 1.0])
+def test_split_by_signal_keeps_whole_groups_and_judges_by_score():
+    b = rows([1] * 6, [0, 0, 1, 1, 2, 2], scores=[1.0, 0.0, 0.5, 0.5, 0.0, 1.0])
     informative, flat = split_by_signal(b)
     assert informative.group_ids == [0, 0, 2, 2] and flat.group_ids == [1, 1]
+    # all right, but overlong shaping made the rewards differ: still no accuracy signal
+    shaped = rows([1] * 2, [0, 0], scores=[1.0, 1.0], rewards=[1.0, 0.4])
+    assert len(split_by_signal(shaped)[0]) == 0
 
 
 class FakeFleet:
