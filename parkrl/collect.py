@@ -53,9 +53,13 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
         spare += [flat] if len(flat) else []
         if sum(len(b) for b in kept) >= want * r.n:
             break
+    drawn_scores = torch.cat([b["scores"] for b in kept + spare])
     batch = TrajectoryBatch.concat(kept + spare)
+    if len(batch) % r.n or len(set(batch.group_ids)) != len(batch) // r.n:
+        raise RuntimeError(f"engines must return rollout.n={r.n} completions per prompt")
     batch = batch.select(list(range(want * r.n)))  # groups are contiguous: the first `want` groups
     return batch, {
+        "scores_drawn": drawn_scores,
         "rollout/prompts_drawn": float(drawn),
         "rollout/filled_groups": float(max(0, want - sum(len(b) for b in kept) // r.n)),
     }

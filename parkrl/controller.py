@@ -86,10 +86,11 @@ def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data:
         with timer("eval"):
             metrics.update(evaluate(fleet, tokenizer, reward_fn, data.eval, cfg))
 
-    scores = batch["scores"]
+    scores = metrics.pop("scores_drawn")  # every sample generated this step, kept or not
     lengths = torch.tensor([len(x) for x in batch.response_ids], dtype=torch.float32)
     metrics.update({
         "reward/mean": scores.mean().item(),
+        "reward/trained_mean": batch["scores"].mean().item(),
         "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
         "reward/shaped_mean": batch["rewards"].mean().item(),
         "reward/zero_std_groups": zero_std_fraction(batch["rewards"], batch.group_ids),
@@ -108,12 +109,14 @@ def add_advantages(batch: TrajectoryBatch, estimator, a) -> dict[str, float]:
     """Add "advantages" (and "returns" for GAE) to the batch; returns KL-in-reward metrics.
 
     With `algorithm.kl_in=reward` the per-token penalty kl_coef * KL(policy || reference) is
-    subtracted from the reward: token by token for GAE, summed over the sample otherwise.
+    subtracted from the reward: token by token for GAE, summed over the sample otherwise. GAE
+    assumes each response's trained tokens form a prefix (true for single-turn rollouts).
     """
     kl, metrics = None, {}
     if a.kl_coef > 0 and a.kl_in == "reward":
         policy = batch["old_logprobs"] if "old_logprobs" in batch else batch.rollout_logprobs
-        lp, kl_mask = pad_ragged(policy)
+        lp, _ = pad_ragged(policy)
+        kl_mask, _ = pad_ragged(batch.loss_mask)  # no penalty on tokens that are not trained
         kl = KL_ESTIMATORS.get(a.kl_estimator)(lp, pad_ragged(batch["ref_logprobs"])[0]) * kl_mask
         metrics["kl/ref"] = (kl.sum() / kl_mask.sum().clamp(min=1)).item()
     if getattr(estimator, "needs_critic", False):

@@ -42,7 +42,7 @@ class ResponseValues(nn.Module):
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
         self.backbone = lm.base_model
-        self.head = nn.Linear(lm.config.hidden_size, 1)
+        self.head = nn.Linear(lm.config.hidden_size, 1, device=lm.device)
         nn.init.zeros_(self.head.weight)  # start at V = 0: early advantages are plain returns
         nn.init.zeros_(self.head.bias)
 

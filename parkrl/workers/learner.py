@@ -161,7 +161,8 @@ class FSDPLearner:
 
     def _loss_norm(self, mini: TrajectoryBatch) -> LossNorm:
         """Token and sample counts of the whole mini-batch, summed over all ranks."""
-        sizes = torch.tensor([float(sum(sum(m) for m in mini.loss_mask)), float(len(mini))], dtype=torch.float64)
+        trained = [sum(m) for m in mini.loss_mask]  # samples with no trained token do not count
+        sizes = torch.tensor([float(sum(trained)), float(sum(t > 0 for t in trained))], dtype=torch.float64)
         dist.all_reduce(sizes)
         return LossNorm(tokens=sizes[0].item(), sequences=sizes[1].item(), max_new_tokens=self.cfg.rollout.max_new_tokens)
 
