@@ -23,6 +23,11 @@ class Sleeper:
     def fail(self) -> None:
         raise ValueError(f"boom from {self.rank}")
 
+    def fail_if(self, rank: int) -> int:
+        if self.rank == rank:
+            raise ValueError(f"boom from {self.rank}")
+        return self.rank
+
     def shutdown(self) -> None:
         pass
 
@@ -50,8 +55,8 @@ def test_hung_worker_is_named_within_the_timeout():
 
 def test_worker_exception_names_worker_and_method():
     g = group()
-    with pytest.raises(WorkerError, match=r"sleeper\[0\]\.fail failed: boom from 0"):
-        g.call("fail")
+    with pytest.raises(WorkerError, match=r"sleeper\[1\]\.fail_if failed: boom from 1"):
+        g.call("fail_if", 1)
 
 
 def test_wait_all_spans_groups():
