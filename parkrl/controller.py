@@ -113,15 +113,14 @@ def add_advantages(batch: TrajectoryBatch, estimator, a) -> dict[str, float]:
     assumes each response's trained tokens form a prefix (true for single-turn rollouts).
     """
     kl, metrics = None, {}
+    mask, _ = pad_ragged(batch.loss_mask)  # trained tokens (a prefix of each response)
     if a.kl_coef > 0 and a.kl_in == "reward":
         policy = batch["old_logprobs"] if "old_logprobs" in batch else batch.rollout_logprobs
         lp, _ = pad_ragged(policy)
-        kl_mask, _ = pad_ragged(batch.loss_mask)  # no penalty on tokens that are not trained
-        kl = KL_ESTIMATORS.get(a.kl_estimator)(lp, pad_ragged(batch["ref_logprobs"])[0]) * kl_mask
-        metrics["kl/ref"] = (kl.sum() / kl_mask.sum().clamp(min=1)).item()
+        kl = KL_ESTIMATORS.get(a.kl_estimator)(lp, pad_ragged(batch["ref_logprobs"])[0]) * mask  # trained tokens only
+        metrics["kl/ref"] = (kl.sum() / mask.sum().clamp(min=1)).item()
     if getattr(estimator, "needs_critic", False):
         values, _ = pad_ragged(batch["values"])
-        mask, _ = pad_ragged(batch.loss_mask)  # trained tokens: a prefix of each response
         token_rewards = torch.zeros_like(values)
         for i, n in enumerate(mask.sum(-1).long().tolist()):
             if n:
