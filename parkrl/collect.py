@@ -33,7 +33,7 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
     rounds = a.dynamic_sampling_max_rounds if a.dynamic_sampling else 1
     kept: list[TrajectoryBatch] = []
     spare: list[TrajectoryBatch] = []
-    drawn = 0
+    drawn = errors = 0
     for rnd in range(rounds):
         spec = SamplingSpec(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                             seed=cfg.trainer.seed * 1_000_003 + step * 10_007 + rnd * 7_919_993)
@@ -42,7 +42,9 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
             part = generate(fleet, tokenizer, samples, spec, group_offset=drawn, mask_truncated=a.overlong_filter)
         drawn += len(samples)
         with timer("reward"):
-            scores = torch.tensor(score(reward_fn, tokenizer, part.response_ids, part.samples), dtype=torch.float32)
+            values, failed = score(reward_fn, tokenizer, part.response_ids, part.samples, cfg.reward.on_error)
+            scores = torch.tensor(values, dtype=torch.float32)
+            errors += failed
             part.add("scores", scores)
             part.add("rewards", overlong_shaped(scores, part, a, r.max_new_tokens))
         if not a.dynamic_sampling:
@@ -62,6 +64,7 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
         "scores_drawn": drawn_scores,
         "rollout/prompts_drawn": float(drawn),
         "rollout/filled_groups": float(max(0, want - sum(len(b) for b in kept) // r.n)),
+        "reward/errors": float(errors),
     }
 
 
@@ -94,17 +97,38 @@ def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 
 
 def score(reward_fn: RewardFunction, tokenizer, response_ids: list[list[int]],
-          samples: list[dict[str, Any]]) -> list[float]:
-    """Rewards for every completion; a wrong count or a non-finite value is an error."""
+          samples: list[dict[str, Any]], on_error: str = "raise") -> tuple[list[float], int]:
+    """Rewards for every completion, and how many raised. A wrong count or a non-finite value
+    is an error. If the reward function raises: with on_error="raise" the error names the
+    completion; with "zero" the batch is rescored one completion at a time and those that
+    raise score 0."""
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    rewards = reward_fn(texts, [s["messages"] for s in samples], samples)
     name = type(reward_fn).__name__
+    try:
+        rewards = list(reward_fn(texts, [s["messages"] for s in samples], samples))
+        errors = 0
+    except Exception as batch_error:
+        rewards, errors = [], 0
+        for i, (text, sample) in enumerate(zip(texts, samples)):
+            try:
+                rewards += list(reward_fn([text], [sample["messages"]], [sample]))
+            except Exception as e:
+                if on_error != "zero":
+                    raise RuntimeError(
+                        f"reward function {name} raised on completion {i} of {len(texts)} {text[:200]!r} "
+                        f"(question {str(sample.get('question'))[:200]!r}): {type(e).__name__}: {e}. "
+                        f"Fix the reward, or set reward.on_error=zero to score such completions 0"
+                    ) from e
+                rewards.append(0.0)
+                errors += 1
+        if errors == 0:  # only the batch call failed: report that
+            raise RuntimeError(f"reward function {name} raised on a batch of {len(texts)}: {batch_error}") from batch_error
     if len(rewards) != len(texts):
         raise ValueError(f"reward function {name} returned {len(rewards)} rewards for {len(texts)} completions")
     bad = [i for i, v in enumerate(rewards) if not math.isfinite(float(v))]
     if bad:
         raise ValueError(f"reward function {name} returned non-finite rewards for completions {bad[:5]}")
-    return [float(v) for v in rewards]
+    return [float(v) for v in rewards], errors
 
 
 def overlong_shaped(scores: torch.Tensor, batch: TrajectoryBatch, a: AlgorithmConfig, max_new_tokens: int) -> torch.Tensor:

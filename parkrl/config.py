@@ -33,6 +33,11 @@ class DataConfig:
     eval_seed: int = 2
     eval_size: int = 100
     system_prompt: str = "Answer with only the final number."
+    # Your own prompts instead of data.task: JSONL files, one {"question", "answer"} object per
+    # line ("messages" may replace "question"). Both or neither; score them with a reward that
+    # reads sample["answer"], e.g. parkrl.rewards.MatchAnswerReward.
+    train_file: str = ""
+    eval_file: str = ""
 
 
 @dataclass
@@ -96,6 +101,9 @@ class RewardConfig:
     # Import path of a parkrl.RewardFunction subclass, and keyword arguments for it.
     cls: str = "parkrl.rewards.ReasoningGymReward"
     args: dict[str, Any] = field(default_factory=dict)
+    # When the reward function raises: "raise" stops the run (naming the completion);
+    # "zero" scores the failing completions 0 and counts them in reward/errors.
+    on_error: str = "raise"
 
 
 @dataclass
@@ -125,6 +133,18 @@ class TrainerConfig:
     worker_timeout_s: float = 600.0  # longest wait on any remote call before failing the run
     sync_timeout_s: float = 300.0  # timeout of the weight-sync collectives
     save_final: bool = True
+    # Checkpoints (policy, critic, optimizers, sampler and RNG state) every N steps, the last K
+    # kept, under output_dir/checkpoints. SIGINT/SIGTERM also save one after the current step.
+    save_every: int = 10  # 0 = only on SIGINT/SIGTERM
+    keep_checkpoints: int = 2
+    # auto: continue from the latest checkpoint in output_dir if there is one; never; or a
+    # checkpoints/step_N directory.
+    resume: str = "auto"
+    max_worker_restarts: int = 3  # rollout engines that die are restarted, this many times per run
+    max_nonfinite_steps: int = 3  # a NaN/inf loss skips the update; this many steps in a row stop the run
+    loggers: list[str] = field(default_factory=list)  # besides metrics.jsonl: tensorboard, wandb
+    wandb_project: str = "parkrl"  # WANDB_MODE=offline logs with no network
+    samples_per_step: int = 16  # completions written to samples.jsonl each step; 0 = none
     # Modules imported in the controller and in every worker before anything runs: where your
     # @ADVANTAGES/@POLICY_LOSSES/... registrations live (they must exist in the workers too).
     imports: list[str] = field(default_factory=list)
@@ -147,9 +167,19 @@ def _choice(value: str, key: str, allowed: tuple[str, ...], problems: list[str])
         problems.append(f"{key}={value!r}: choose one of {', '.join(allowed)}")
 
 
-def _positive(value: float, key: str, problems: list[str]) -> None:
-    if not value > 0:
-        problems.append(f"{key}={value}: must be > 0")
+_POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "rollout.max_new_tokens", "learner.lr",
+             "learner.mini_batches", "learner.epochs", "learner.micro_batch_size", "resources.learner.num_workers",
+             "resources.rollout.num_workers", "trainer.worker_timeout_s", "trainer.sync_timeout_s",
+             "data.eval_size", "data.train_size", "trainer.keep_checkpoints", "trainer.max_nonfinite_steps")
+_NON_NEGATIVE = ("rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
+                 "trainer.max_worker_restarts", "trainer.samples_per_step")
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> None:
@@ -164,32 +194,25 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     _choice(cfg.learner.backend, "learner.backend", ("fsdp2",), p)
     _choice(cfg.trainer.runtime, "trainer.runtime", ("ray", "local"), p)
     _choice(cfg.algorithm.kl_in, "algorithm.kl_in", ("loss", "reward"), p)
+    _choice(cfg.reward.on_error, "reward.on_error", ("raise", "zero"), p)
+    for name in cfg.trainer.loggers:
+        _choice(name, "trainer.loggers[]", ("tensorboard", "wandb"), p)
+    if bool(cfg.data.train_file) != bool(cfg.data.eval_file):
+        p.append("data.train_file and data.eval_file: give both (held-out eval needs its own file) or neither")
+    if cfg.data.train_file and cfg.reward.cls == RewardConfig.cls:
+        p.append(f"reward.cls={cfg.reward.cls}: it scores reasoning-gym tasks; samples from data.train_file need "
+                 f"a reward that reads sample['answer'], e.g. reward.cls=parkrl.rewards.MatchAnswerReward")
     for key, value in (("rollout.dtype", cfg.rollout.dtype), ("learner.dtype", cfg.learner.dtype)):
         _choice(value, key, ("auto", "float32", "bfloat16"), p)
     for kind in ("advantage", "policy_loss", "loss_agg", "kl_estimator"):
         if kind in known:
             _choice(getattr(cfg.algorithm, kind), f"algorithm.{kind}", known[kind], p)
-    for key, value in (
-        ("trainer.total_steps", cfg.trainer.total_steps),
-        ("trainer.prompts_per_step", cfg.trainer.prompts_per_step),
-        ("rollout.n", cfg.rollout.n),
-        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
-        ("learner.lr", cfg.learner.lr),
-        ("learner.mini_batches", cfg.learner.mini_batches),
-        ("learner.epochs", cfg.learner.epochs),
-        ("learner.micro_batch_size", cfg.learner.micro_batch_size),
-        ("resources.learner.num_workers", cfg.resources.learner.num_workers),
-        ("resources.rollout.num_workers", cfg.resources.rollout.num_workers),
-        ("trainer.worker_timeout_s", cfg.trainer.worker_timeout_s),
-        ("trainer.sync_timeout_s", cfg.trainer.sync_timeout_s),
-        ("data.eval_size", cfg.data.eval_size),
-        ("data.train_size", cfg.data.train_size),
-    ):
-        _positive(value, key, p)
-    if cfg.rollout.temperature < 0:
-        p.append(f"rollout.temperature={cfg.rollout.temperature}: must be >= 0")
-    if cfg.trainer.eval_every < 0:
-        p.append(f"trainer.eval_every={cfg.trainer.eval_every}: must be >= 0 (0 = never)")
+    for key in _POSITIVE:
+        if not _get(cfg, key) > 0:
+            p.append(f"{key}={_get(cfg, key)}: must be > 0")
+    for key in _NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            p.append(f"{key}={_get(cfg, key)}: must be >= 0")
     if not 0 <= cfg.algorithm.clip_low < 1 or cfg.algorithm.clip_high < 0:
         p.append(
             f"algorithm.clip_low={cfg.algorithm.clip_low}, algorithm.clip_high="
@@ -211,8 +234,6 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
         )
     if cfg.algorithm.dual_clip_c and cfg.algorithm.dual_clip_c <= 1:
         p.append(f"algorithm.dual_clip_c={cfg.algorithm.dual_clip_c}: must be > 1 (or 0 for off)")
-    if cfg.algorithm.kl_coef < 0:
-        p.append(f"algorithm.kl_coef={cfg.algorithm.kl_coef}: must be >= 0")
     if cfg.trainer.runtime == "local":
         for role in ("learner", "rollout"):
             n = getattr(cfg.resources, role).num_workers

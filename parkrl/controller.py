@@ -1,173 +1,120 @@
-"""The single controller: the RL step loop, one named and timed phase per line of the algorithm.
+"""The single controller: set up a run, then step, log and checkpoint until done or stopped.
 
-    generate -> reward -> advantages -> logprobs (old, reference) -> update -> sync -> (eval)
+    for step: generate -> reward -> logprobs -> advantages -> update -> sync   (parkrl.step)
+              log metrics and samples; checkpoint every trainer.save_every steps
 """
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS, registered_names
-from parkrl.batch import TrajectoryBatch, pad_ragged
-from parkrl.collect import chat_prompt_ids, collect_batch, score
+from parkrl import checkpoint
+from parkrl.algorithms import registered_names
 from parkrl.config import Config, ConfigError, validate
 from parkrl.data import TaskPrompts
 from parkrl.metrics import MetricsWriter, PhaseTimer
 from parkrl.models import load_tokenizer, resolve_model_path
-from parkrl.rewards import RewardFunction, load_reward
-from parkrl.rollout import SamplingSpec
+from parkrl.rewards import load_reward
+from parkrl.step import eval_due, evaluate, rl_step, sample_rows
+from parkrl.stop import StopRequest
 from parkrl.workers.cluster import ray_cluster
 from parkrl.workers.fleet import Fleet
+from parkrl.workers.group import WorkerError, WorkerTimeout
 from parkrl.workers.process import import_plugins
 
 
 def train(cfg: Config) -> Path:
-    """Run `cfg.trainer.total_steps` RL steps; returns the output directory."""
+    """Run RL steps up to `trainer.total_steps`, continuing from a checkpoint as `trainer.resume`
+    says; returns the output directory. Every check of the config and data runs before any
+    worker starts."""
     try:
         import_plugins(cfg.trainer.imports)
     except ImportError as e:
         raise ConfigError(str(e)) from e
     validate(cfg, registered_names())
-    out = Path(cfg.trainer.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    t = cfg.trainer
+    out = Path(t.output_dir)
+    resume_from = checkpoint.resume_point(t.resume, out)
+    saved = checkpoint.read_state(resume_from) if resume_from else None
     model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
     tokenizer = load_tokenizer(model_path)
-    data = TaskPrompts(cfg.data, shuffle_seed=cfg.trainer.seed)
+    data = TaskPrompts(cfg.data, shuffle_seed=t.seed)
     reward_fn = load_reward(cfg.reward.cls, dict(cfg.reward.args))
-    log = MetricsWriter(out, cfg.trainer.total_steps)
-    print(f"[parkrl] model {model_path} | task {cfg.data.task} | {len(data.train)} train / "
-          f"{len(data.eval)} eval questions ({data.excluded} eval questions removed from training)", flush=True)
+    start = 0
+    if saved:
+        data.load_state_dict(saved["data"])
+        start = saved["step"]
+        for change in checkpoint.config_changes(saved["config"], cfg):
+            print(f"[parkrl] warning: resuming with a changed config: {change}", file=sys.stderr, flush=True)
+    if start >= t.total_steps:
+        print(f"[parkrl] {out} already holds step {start} (trainer.total_steps={t.total_steps}): nothing to do; "
+              f"raise trainer.total_steps to train on, or pick a new trainer.output_dir", flush=True)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    print(f"[parkrl] model {model_path} | {len(data.train)} train / {len(data.eval)} eval questions "
+          f"({data.excluded} eval questions removed from training)"
+          + (f" | resuming after step {start} from {resume_from}" if saved else ""), flush=True)
 
-    with ray_cluster(cfg):
-        fleet = Fleet(cfg, model_path)
+    log = MetricsWriter(out, t.total_steps, start, t.loggers, asdict(cfg), t.wandb_project)
+    with ray_cluster(cfg), StopRequest() as stop:
+        fleet = None
         try:
-            if _eval_due(cfg, 0):
+            fleet = Fleet(cfg, model_path)
+            if saved:
+                checkpoint.restore(resume_from, fleet)
+            elif eval_due(cfg, 0):
                 timer = PhaseTimer()
                 with timer("eval"):
                     before = evaluate(fleet, tokenizer, reward_fn, data.eval, cfg)
                 log.log(0, {**before, **timer.metrics()})
-            for step in range(1, cfg.trainer.total_steps + 1):
-                log.log(step, rl_step(step, fleet, tokenizer, reward_fn, data, cfg))
-            if cfg.trainer.save_final:
+            nonfinite_run = 0
+            for step in range(start + 1, t.total_steps + 1):
+                try:
+                    metrics, batch = rl_step(step, fleet, tokenizer, reward_fn, data, cfg)
+                except (WorkerError, WorkerTimeout) as e:
+                    e.add_note(_resume_hint(out, step))
+                    raise
+                log.log(step, metrics)
+                log.log_samples(step, sample_rows(batch, tokenizer, t.samples_per_step))
+                nonfinite_run = _check_finite(metrics, nonfinite_run, step, t.max_nonfinite_steps)
+                if (t.save_every and step % t.save_every == 0) or stop.requested or step == t.total_steps:
+                    path = checkpoint.save(fleet, out, step, data.state_dict(), cfg)
+                    print(f"[parkrl] checkpoint {path}", flush=True)
+                if stop.requested:
+                    print(f"[parkrl] stopped by {stop.requested} after step {step}; continue with the same "
+                          f"command (trainer.resume=auto)", flush=True)
+                    return out
+            if t.save_final:
                 fleet.save_hf(str(out / "final"))
         finally:
-            fleet.shutdown()
+            if fleet is not None:
+                fleet.shutdown()
             log.close()
     return out
 
 
-def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data: TaskPrompts,
-            cfg: Config) -> dict[str, float]:
-    """One step of the algorithm; returns its metrics."""
-    a, lc = cfg.algorithm, cfg.learner
-    timer = PhaseTimer()
-
-    batch, metrics = collect_batch(step, fleet, tokenizer, reward_fn, data, cfg, timer)  # generate + reward
-    estimator = ADVANTAGES.get(a.advantage)
-    with timer("logprobs"):
-        if lc.mini_batches > 1 or lc.epochs > 1:  # else the update's first forward is the old policy
-            batch.add("old_logprobs", fleet.per_token(batch, "policy"))
-            metrics["rollout/logprob_diff"] = logprob_diff(batch["old_logprobs"], batch)
-        if a.kl_coef > 0:
-            batch.add("ref_logprobs", fleet.per_token(batch, "reference"))
-        if getattr(estimator, "needs_critic", False):
-            batch.add("values", fleet.per_token(batch, "critic"))
-    metrics.update(add_advantages(batch, estimator, a))
-    with timer("update"):
-        metrics.update(fleet.update(batch))
-    with timer("sync"):
-        fleet.sync_weights()
-    if _eval_due(cfg, step):
-        with timer("eval"):
-            metrics.update(evaluate(fleet, tokenizer, reward_fn, data.eval, cfg))
-
-    scores = metrics.pop("scores_drawn")  # every sample generated this step, kept or not
-    lengths = torch.tensor([len(x) for x in batch.response_ids], dtype=torch.float32)
-    metrics.update({
-        "reward/mean": scores.mean().item(),
-        "reward/trained_mean": batch["scores"].mean().item(),
-        "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
-        "reward/shaped_mean": batch["rewards"].mean().item(),
-        "reward/zero_std_groups": zero_std_fraction(batch["rewards"], batch.group_ids),
-        "response/length_mean": lengths.mean().item(),
-        "response/clip_frac": sum(f == "length" for f in batch.finish_reasons) / len(batch),
-        **fleet.peak_memory(),
-        **timer.metrics(),
-    })
-    metrics["perf/gen_tokens_per_s"] = lengths.sum().item() / max(metrics["timing/generate_s"], 1e-9)
-    trained = sum(len(p) + len(x) for p, x in zip(batch.prompt_ids, batch.response_ids)) * lc.epochs
-    metrics["perf/train_tokens_per_s"] = trained / max(metrics["timing/update_s"], 1e-9)
-    return metrics
+def _check_finite(metrics: dict[str, float], run: int, step: int, limit: int) -> int:
+    """Warn about skipped (NaN/inf) updates; stop after `limit` such steps in a row. Returns the
+    new count of consecutive such steps."""
+    skipped = metrics.get("learner/nonfinite_updates", 0)
+    if not skipped:
+        return 0
+    run += 1
+    print(f"[parkrl] warning: step {step}: {int(skipped)} update(s) skipped, the loss or gradient was NaN/inf "
+          f"({run} step(s) in a row)", file=sys.stderr, flush=True)
+    if run >= limit:
+        raise RuntimeError(
+            f"{run} steps in a row had a NaN/inf loss (trainer.max_nonfinite_steps={limit}); check the rewards, "
+            f"advantages and learner.lr. The last checkpoint holds the weights from before"
+        )
+    return run
 
 
-def add_advantages(batch: TrajectoryBatch, estimator, a) -> dict[str, float]:
-    """Add "advantages" (and "returns" for GAE) to the batch; returns KL-in-reward metrics.
-
-    With `algorithm.kl_in=reward` the per-token penalty kl_coef * KL(policy || reference) is
-    subtracted from the reward: token by token for GAE, summed over the sample otherwise. GAE
-    assumes each response's trained tokens form a prefix (true for single-turn rollouts).
-    """
-    kl, metrics = None, {}
-    mask, _ = pad_ragged(batch.loss_mask)  # trained tokens (a prefix of each response)
-    if a.kl_coef > 0 and a.kl_in == "reward":
-        policy = batch["old_logprobs"] if "old_logprobs" in batch else batch.rollout_logprobs
-        lp, _ = pad_ragged(policy)
-        kl = KL_ESTIMATORS.get(a.kl_estimator)(lp, pad_ragged(batch["ref_logprobs"])[0]) * mask  # trained tokens only
-        metrics["kl/ref"] = (kl.sum() / mask.sum().clamp(min=1)).item()
-    if getattr(estimator, "needs_critic", False):
-        values, _ = pad_ragged(batch["values"])
-        token_rewards = torch.zeros_like(values)
-        for i, n in enumerate(mask.sum(-1).long().tolist()):
-            if n:
-                token_rewards[i, n - 1] = batch["rewards"][i]  # the outcome, on the last trained token
-        if kl is not None:
-            token_rewards = token_rewards - a.kl_coef * kl
-        adv, returns = estimator(token_rewards, values, mask, a)
-        batch.add("advantages", [adv[i, : len(r)].tolist() for i, r in enumerate(batch.response_ids)])
-        batch.add("returns", [returns[i, : len(r)].tolist() for i, r in enumerate(batch.response_ids)])
-    else:
-        rewards = batch["rewards"] if kl is None else batch["rewards"] - a.kl_coef * kl.sum(-1)
-        batch.add("advantages", estimator(rewards, torch.tensor(batch.group_ids), a))
-    return metrics
-
-
-def evaluate(fleet: Fleet, tokenizer, reward_fn: RewardFunction, eval_samples: list[dict[str, Any]],
-             cfg: Config) -> dict[str, float]:
-    """Greedy accuracy on the held-out eval set."""
-    spec = SamplingSpec(n=1, max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0, logprobs=False)
-    prompts = [chat_prompt_ids(tokenizer, s["messages"]) for s in eval_samples]
-    responses = [group[0].token_ids for group in fleet.generate(prompts, spec)]
-    rewards = score(reward_fn, tokenizer, responses, eval_samples)
-    return {
-        "eval/accuracy": sum(reward_fn.is_correct(v) for v in rewards) / len(rewards),
-        "eval/reward_mean": sum(rewards) / len(rewards),
-    }
-
-
-def logprob_diff(learner_logprobs: list[list[float]], batch: TrajectoryBatch) -> float:
-    """Mean |learner logprob - rollout logprob| over trained tokens (same policy version)."""
-    total, count = 0.0, 0
-    for lp, rp, mask in zip(learner_logprobs, batch.rollout_logprobs, batch.loss_mask):
-        for a, b, m in zip(lp, rp, mask):
-            if m:
-                total += abs(a - b)
-                count += 1
-    return total / max(count, 1)
-
-
-def zero_std_fraction(rewards: torch.Tensor, group_ids: list[int]) -> float:
-    """Fraction of groups whose rewards are all equal (they carry no GRPO signal)."""
-    groups: dict[int, list[float]] = {}
-    for g, v in zip(group_ids, rewards.tolist()):
-        groups.setdefault(g, []).append(v)
-    return sum(max(v) == min(v) for v in groups.values()) / max(len(groups), 1)
-
-
-def _eval_due(cfg: Config, step: int) -> bool:
-    every = cfg.trainer.eval_every
-    return every > 0 and (step % every == 0 or step == cfg.trainer.total_steps)
+def _resume_hint(out: Path, step: int) -> str:
+    found = checkpoint.complete_checkpoints(out)
+    where = f"the last checkpoint is {found[-1]}" if found else "there is no checkpoint yet"
+    return (f"The run stopped in step {step}; {where}. Running the same command again continues from it "
+            f"(trainer.resume=auto).")

@@ -1,12 +1,15 @@
-"""Step metrics: phase timers, metrics.jsonl, and the console progress line."""
+"""Step metrics: phase timers, metrics.jsonl (+ TensorBoard/W&B), samples.jsonl, progress."""
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+from parkrl.trackers import make_trackers
 
 
 class PhaseTimer:
@@ -29,25 +32,95 @@ class PhaseTimer:
 
 
 class MetricsWriter:
-    """Appends one JSON object per step to `<output_dir>/metrics.jsonl` and prints a line."""
+    """Writes each step's metrics to `metrics.jsonl` (and the configured trackers), sample
+    completions to `samples.jsonl`, and shows progress: a live bar with ETA on a terminal, one
+    line per step otherwise (logs, CI).
 
-    def __init__(self, output_dir: Path, total_steps: int) -> None:
-        self.path = output_dir / "metrics.jsonl"
+    On resume from step `start_step`, rows after it (from the interrupted attempt) are dropped,
+    so each step appears once.
+    """
+
+    def __init__(self, output_dir: Path, total_steps: int, start_step: int = 0, loggers: list[str] = (),
+                 config: dict[str, Any] | None = None, wandb_project: str = "parkrl") -> None:
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.samples_path = Path(output_dir) / "samples.jsonl"
         self.total_steps = total_steps
-        self._file = open(self.path, "w", buffering=1)
+        self._file = _reopen(self.path, start_step)
+        self._samples = _reopen(self.samples_path, start_step)
+        self._trackers = make_trackers(list(loggers), Path(output_dir), config or {}, wandb_project, start_step > 0)
+        self._eta = Eta(start_step)
+        self._bar = ProgressBar(total_steps, start_step) if sys.stdout.isatty() else None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")
-        print(progress_line(row, self.total_steps), flush=True)
+        for tracker in self._trackers:
+            tracker.log(step, row)
+        line = progress_line(row, self.total_steps, self._eta.update(step, self.total_steps))
+        if self._bar is not None:
+            self._bar.update(step, line)
+        else:
+            print(line, flush=True)
+
+    def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            self._samples.write(json.dumps({"step": step, **r}) + "\n")
 
     def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        for tracker in self._trackers:
+            tracker.close()
         self._file.close()
+        self._samples.close()
 
 
-def _clean(v: float) -> float | None:
+def _reopen(path: Path, start_step: int):
+    """Open a JSONL log for appending, keeping only rows of steps <= start_step (all rows are
+    dropped when start_step is 0: a fresh run)."""
+    kept = []
+    if start_step > 0 and path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+    f = open(path, "w", buffering=1)
+    f.writelines(line + "\n" for line in kept)
+    return f
+
+
+def _clean(v: float | None) -> float | None:
+    if v is None:
+        return None
     v = float(v)
     return v if math.isfinite(v) else None
+
+
+class Eta:
+    """Seconds left, from the mean wall time of the steps run in this process."""
+
+    def __init__(self, start_step: int) -> None:
+        self._t0, self._first = time.monotonic(), start_step
+
+    def update(self, step: int, total: int) -> float | None:
+        done = step - self._first
+        return (time.monotonic() - self._t0) / done * (total - step) if done > 0 else None
+
+
+class ProgressBar:
+    """A rich progress bar (steps done, elapsed, ETA) pinned below the per-step metric lines."""
+
+    def __init__(self, total_steps: int, start_step: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("[bold]parkrl"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  TextColumn("eta"), TimeRemainingColumn())
+        self._task = self._progress.add_task("train", total=total_steps, completed=start_step)
+        self._progress.start()
+
+    def update(self, step: int, line: str) -> None:
+        self._progress.console.print(line)  # a permanent line per step above the bar
+        self._progress.update(self._task, completed=step)
+
+    def close(self) -> None:
+        self._progress.stop()
 
 
 _SHOWN = [
@@ -64,8 +137,10 @@ _SHOWN = [
 ]
 
 
-def progress_line(row: dict, total_steps: int) -> str:
-    """One readable line: `step 3/25 | reward 0.410 | loss +0.0012 | ... | step 31.0s`."""
+def progress_line(row: dict, total_steps: int, eta_s: float | None = None) -> str:
+    """One readable line: `step 3/25 | reward 0.410 | loss +0.0012 | ... | step 31.0s | eta 11m2s`."""
     parts = [f"step {row['step']}/{total_steps}"]
     parts += [f"{label} {fmt.format(row[k])}" for k, label, fmt in _SHOWN if row.get(k) is not None]
+    if eta_s is not None and row["step"] < total_steps:
+        parts.append(f"eta {int(eta_s // 60)}m{int(eta_s % 60):02d}s")
     return " | ".join(parts)

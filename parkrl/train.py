@@ -32,6 +32,9 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"parkrl: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("parkrl: interrupted; every worker was shut down", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

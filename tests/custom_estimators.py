@@ -12,3 +12,9 @@ def median_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, cfg) -> torc
         sel = group_ids == g
         out[sel] = rewards[sel] - rewards[sel].median()
     return out
+
+
+@ADVANTAGES.register("nan_advantage")
+def nan_advantage(rewards: torch.Tensor, group_ids: torch.Tensor, cfg) -> torch.Tensor:
+    """A broken estimator (for the NaN-loss tests): every advantage is NaN."""
+    return torch.full_like(rewards, float("nan"))

@@ -5,7 +5,7 @@ import torch
 from parkrl.algorithms import ADVANTAGES
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import AlgorithmConfig
-from parkrl.controller import add_advantages
+from parkrl.step import add_advantages
 
 
 def batch(lengths, rewards, logprobs=None) -> TrajectoryBatch:

@@ -14,7 +14,8 @@ import torch
 from parkrl.algorithms import ADVANTAGES
 from parkrl.config import Config
 from parkrl.collect import generate, score
-from parkrl.controller import logprob_diff, train
+from parkrl.controller import train
+from parkrl.step import logprob_diff
 from parkrl.models import load_tokenizer
 from parkrl.data import TaskPrompts
 from parkrl.rewards import load_reward
@@ -94,7 +95,7 @@ def test_sync_keeps_engine_equal_to_learner_and_skipping_it_does_not(tiny_model_
 
     def rollout():
         batch = generate(fleet, tok, data.next_prompts(4), spec)
-        batch.add("rewards", torch.tensor(score(reward, tok, batch.response_ids, batch.samples)))
+        batch.add("rewards", torch.tensor(score(reward, tok, batch.response_ids, batch.samples)[0]))
         batch.add("advantages", ADVANTAGES.get("grpo")(batch["rewards"], torch.tensor(batch.group_ids), cfg.algorithm))
         return batch
 
@@ -139,5 +140,7 @@ def test_cli_runs_and_puts_every_file_in_output_dir(tiny_model_dir, tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 1/1 | reward" in proc.stdout
-    assert {"metrics.jsonl", "config.json", "final", ".hydra"} <= {p.name for p in out.iterdir()}
+    assert {"metrics.jsonl", "samples.jsonl", "config.json", "final", "checkpoints", ".hydra"} <= {p.name for p in out.iterdir()}
+    sample = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert sample["step"] == 1 and {"question", "completion", "reward", "advantage"} <= set(sample)
     assert not (tmp_path / "outputs").exists()  # nothing written outside trainer.output_dir

@@ -6,6 +6,7 @@ import importlib
 from parkrl.config import ConfigError
 
 from parkrl.rewards.base import RewardFunction
+from parkrl.rewards.match import MatchAnswerReward
 from parkrl.rewards.reasoning_gym import ReasoningGymReward, extract_answer
 
 
@@ -24,4 +25,4 @@ def load_reward(cls_path: str, args: dict) -> RewardFunction:
         raise ConfigError(f"reward.args {dict(args)} do not fit {cls_path}: {e}") from e
 
 
-__all__ = ["ReasoningGymReward", "RewardFunction", "extract_answer", "load_reward"]
+__all__ = ["MatchAnswerReward", "ReasoningGymReward", "RewardFunction", "extract_answer", "load_reward"]

@@ -19,13 +19,17 @@ def extract_answer(completion: str, mode: str = "last_number") -> str | None:
     return numbers[-1] if numbers else None
 
 
-class ReasoningGymReward(RewardFunction):
-    """Scores with the sample's reasoning-gym dataset (`score_answer`), 0 when no answer."""
+class AnswerReward(RewardFunction):
+    """Base of rewards that read an answer out of the completion (`reward.args.answer_format`)."""
 
     def __init__(self, answer_format: str = "last_number") -> None:
         if answer_format not in ("last_number", "text"):
             raise ConfigError(f"reward.args.answer_format={answer_format!r}: choose last_number or text")
         self.answer_format = answer_format
+
+
+class ReasoningGymReward(AnswerReward):
+    """Scores with the sample's reasoning-gym dataset (`score_answer`), 0 when no answer."""
 
     def __call__(self, completions: list[str], messages: list[list[dict[str, str]]],
                  samples: list[dict[str, Any]]) -> list[float]:

@@ -1,4 +1,4 @@
-"""Thin worker shells (learner, rollout) and the groups that run them as Ray actors or locally."""
-from parkrl.workers.group import WorkerError, WorkerGroup, WorkerTimeout, wait_all
+"""Worker groups (Ray actors or in-process) and the fleet of a run."""
+from parkrl.workers.group import WorkerDied, WorkerError, WorkerGroup, WorkerTimeout, wait_all
 
-__all__ = ["WorkerError", "WorkerGroup", "WorkerTimeout", "wait_all"]
+__all__ = ["WorkerDied", "WorkerError", "WorkerGroup", "WorkerTimeout", "wait_all"]

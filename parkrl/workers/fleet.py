@@ -7,12 +7,16 @@ controller never deals with ranks.
 """
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
 from parkrl.rollout import Completion, SamplingSpec
-from parkrl.workers.group import WorkerGroup, wait_all
+from parkrl.workers.group import WorkerDied, WorkerGroup, wait_all
 from parkrl.workers.learner import FSDPLearner
 from parkrl.workers.rollout import RolloutWorker
+
+T = TypeVar("T")
 
 
 class Fleet:
@@ -22,6 +26,7 @@ class Fleet:
         t, res = cfg.trainer, cfg.resources
         n_learners = res.learner.num_workers
         self.cfg = cfg
+        self.restarts = 0  # rollout workers restarted so far
         self.learner = self.rollout = None
         try:
             self.learner = WorkerGroup("learner", FSDPLearner, res.learner, t.runtime, t.worker_timeout_s,
@@ -53,14 +58,35 @@ class Fleet:
         """spec.n completions per prompt, prompts spread evenly over the engines.
 
         Engine chunks keep their global prompt offset in the seed, so results do not depend
-        on the number of engines.
+        on the number of engines (nor on a retry after an engine restart).
         """
+        return self._recovering(lambda: self._generate(prompts, spec))
+
+    def _generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         m = len(self.rollout)
         bounds = [len(prompts) * i // m for i in range(m + 1)]
         args = [(prompts[bounds[i]:bounds[i + 1]], _offset(spec, bounds[i])) for i in range(m)]
         active = [i for i in range(m) if bounds[i + 1] > bounds[i]]
         results = self.rollout._wait(self.rollout.submit_each("generate", [args[i] for i in active], active))
         return [group for chunk in results for group in chunk]
+
+    def _recovering(self, call: Callable[[], T]) -> T:
+        """Run `call`; if a rollout worker died meanwhile, restart it, rebuild the sync group,
+        push the current weights and run `call` again (`trainer.max_worker_restarts` per run).
+        A learner death is not recoverable in place: it propagates (resume from a checkpoint)."""
+        while True:
+            try:
+                return call()
+            except WorkerDied as e:
+                if e.role != "rollout" or self.restarts >= self.cfg.trainer.max_worker_restarts:
+                    raise
+                self.restarts += 1
+                print(f"[parkrl] {e}; restarting rollout[{e.rank}] "
+                      f"({self.restarts}/{self.cfg.trainer.max_worker_restarts}), re-syncing weights and retrying",
+                      flush=True)
+                self.rollout.restart(e.rank)
+                self._join_sync_group()
+                self._sync_weights()
 
     def per_token(self, batch: TrajectoryBatch, model: str) -> list[list[float]]:
         """Per-token values of every sample: logprobs under "policy" or "reference", or "critic" values."""
@@ -79,6 +105,9 @@ class Fleet:
 
     def sync_weights(self) -> None:
         """Broadcast the learner's weights to every engine (bucketed, with timeouts)."""
+        self._recovering(self._sync_weights)
+
+    def _sync_weights(self) -> None:
         wait_all([
             self.learner.submit("push_weights", self._metas),
             self.rollout.submit("receive_weights", self._metas),
@@ -87,6 +116,14 @@ class Fleet:
     def peak_memory(self) -> dict[str, float]:
         """Peak RSS of the largest worker of each role, in GiB."""
         return {f"memory/{g.role}_peak_gib": max(g.call("peak_rss_gib")) for g in (self.learner, self.rollout)}
+
+    def save_checkpoint(self, path: str) -> None:
+        """Every learner rank writes its shards of the training state under `path`."""
+        self.learner.call("save_checkpoint", path)
+
+    def load_checkpoint(self, path: str) -> None:
+        """Every learner rank reads its training state from `path` (then call sync_weights)."""
+        self.learner.call("load_checkpoint", path)
 
     def save_hf(self, path: str) -> None:
         self.learner.call("save_hf", path)

@@ -24,6 +24,14 @@ class WorkerError(RuntimeError):
     """A worker raised; the message names the worker and the method."""
 
 
+class WorkerDied(WorkerError):
+    """A worker's process is gone (killed, crashed, its node lost)."""
+
+    def __init__(self, message: str, role: str, rank: int) -> None:
+        super().__init__(message)
+        self.role, self.rank = role, rank
+
+
 @dataclass
 class Pending:
     """Calls in flight on some workers of a group."""
@@ -41,36 +49,52 @@ class WorkerGroup:
                  timeout_s: float, init_args: Callable[[int], tuple]) -> None:
         self.role, self.runtime, self.timeout_s = role, runtime, timeout_s
         n = resources.num_workers
+        self._cls, self._resources, self._init_args = cls, resources, init_args
         if runtime == "ray":
-            import ray
             from ray.util.placement_group import placement_group
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-            bundle = {"CPU": resources.cpus_per_worker}
-            if resources.gpus_per_worker:
-                bundle["GPU"] = resources.gpus_per_worker
-            self._pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK", name=f"parkrl-{role}")
+            self._pg = placement_group([self._bundle() for _ in range(n)], strategy="PACK", name=f"parkrl-{role}")
             if not self._pg.wait(timeout_s):
                 from ray.util.placement_group import remove_placement_group
 
                 remove_placement_group(self._pg)
                 raise WorkerTimeout(
-                    f"could not place {n} {role} worker(s) of {bundle} within {timeout_s:.0f} s: the "
+                    f"could not place {n} {role} worker(s) of {self._bundle()} within {timeout_s:.0f} s: the "
                     f"cluster lacks the resources (see resources.{role}.* and `ray status`)"
                 )
-            actor = ray.remote(cls)
-            self.workers = [
-                actor.options(
-                    num_cpus=resources.cpus_per_worker,
-                    num_gpus=resources.gpus_per_worker,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=i),
-                ).remote(*init_args(i))
-                for i in range(n)
-            ]
+            self.workers = [self._start_actor(i) for i in range(n)]
         else:
             self._threads = [cf.ThreadPoolExecutor(1, thread_name_prefix=f"{role}{i}") for i in range(n)]
             made = [t.submit(cls, *init_args(i)) for i, t in enumerate(self._threads)]
             self.workers = self._wait(Pending(self, "__init__", list(range(n)), made))
+
+    def _bundle(self) -> dict[str, float]:
+        bundle = {"CPU": self._resources.cpus_per_worker}
+        if self._resources.gpus_per_worker:
+            bundle["GPU"] = self._resources.gpus_per_worker
+        return bundle
+
+    def _start_actor(self, rank: int) -> Any:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return ray.remote(self._cls).options(
+            num_cpus=self._resources.cpus_per_worker,
+            num_gpus=self._resources.gpus_per_worker,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=rank),
+        ).remote(*self._init_args(rank))
+
+    def restart(self, rank: int) -> None:
+        """Replace worker `rank` (dead or not) by a fresh one in the same placement slot (Ray only)."""
+        if self.runtime != "ray":
+            raise RuntimeError(f"{self.name(rank)}: workers can be restarted only with trainer.runtime=ray")
+        import ray
+
+        try:
+            ray.kill(self.workers[rank], no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        self.workers[rank] = self._start_actor(rank)
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -134,9 +158,13 @@ def wait_all(pendings: Sequence[Pending], timeout_s: float) -> list[list[Any]]:
         busy = [p.handles[k] for p, k in slots if not _done(p.handles[k])]
         failed = [(p, k) for p, k in slots if _done(p.handles[k]) and _error(p.handles[k]) is not None]
         if failed:  # the worker that raised is the root cause; peers waiting on it would only time out
+            failed.sort(key=lambda pk: not _is_death(_error(pk[0].handles[pk[1]])))  # a death explains the rest
             p, k = failed[0]
             e = _error(p.handles[k])
-            raise WorkerError(f"{p.group.name(p.ranks[k])}.{p.method} failed: {e}") from e
+            name = f"{p.group.name(p.ranks[k])}.{p.method}"
+            if _is_death(e):
+                raise WorkerDied(f"{name}: the worker died ({type(e).__name__}: {e})", p.group.role, p.ranks[k]) from e
+            raise WorkerError(f"{name} failed: {e}") from e
         left = deadline - time.monotonic()
         if not busy or left <= 0:
             break
@@ -177,6 +205,11 @@ def _error(handle: Any) -> BaseException | None:
     except Exception as e:  # noqa: BLE001 - returned to the caller to re-raise with a name
         return e
     return None
+
+
+def _is_death(error: BaseException | None) -> bool:
+    """Whether a Ray call failed because its actor process is gone (not because it raised)."""
+    return error is not None and any(c.__name__ == "RayActorError" for c in type(error).__mro__)
 
 
 def _result(handle: Any) -> Any:

@@ -14,12 +14,16 @@ batch was cut.
 """
 from __future__ import annotations
 
+import math
 import os
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict,
+)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, LossNorm
@@ -33,7 +37,7 @@ from parkrl.workers.process import import_plugins, peak_rss_gib, set_torch_threa
 
 
 _STATS = ("policy_loss", "clipped", "entropy", "ratio_dev", "tokens", "kl", "logprob_diff", "value_loss",
-          "value_clipped", "critic_grad_norm")
+          "value_clipped", "critic_grad_norm", "nonfinite")
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:
@@ -152,10 +156,15 @@ class FSDPLearner:
                     if self.critic is not None:
                         loss = loss + self._value_loss(mini, rows, mb, norm, stats)
                     (loss * self.world_size).backward()  # FSDP averages gradients over ranks
-                grad_norms.append(_clip(self.policy, lc.grad_clip))
+                norm_p = _clip(self.policy, lc.grad_clip)
+                norm_c = _clip(self.critic, lc.grad_clip) if self.critic is not None else 0.0
+                if not math.isfinite(norm_p + norm_c):  # a NaN/inf loss: skip, on every rank alike
+                    stats["nonfinite"] += 1 / self.world_size  # the norms are global, so each rank counts it
+                    continue
+                grad_norms.append(norm_p)
                 self.optimizer.step()
                 if self.critic is not None:
-                    stats["critic_grad_norm"] += _clip(self.critic, lc.grad_clip)
+                    stats["critic_grad_norm"] += norm_c
                     self.critic_optimizer.step()
         return self._step_metrics(stats, grad_norms, on_policy_forward="old_logprobs" not in batch)
 
@@ -227,7 +236,8 @@ class FSDPLearner:
             "loss/clip_frac": t["clipped"] / n,
             "policy/entropy": t["entropy"] / n,
             "policy/ratio_dev": t["ratio_dev"] / n,
-            "learner/grad_norm": sum(grad_norms) / len(grad_norms),
+            "learner/grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
+            "learner/nonfinite_updates": round(t["nonfinite"]),  # optimizer steps skipped
             "learner/tokens": n / self.cfg.learner.epochs,
         }
         if self.cfg.algorithm.kl_coef > 0 and self.cfg.algorithm.kl_in == "loss":
@@ -235,7 +245,7 @@ class FSDPLearner:
         if self.critic is not None:
             metrics["loss/value"] = t["value_loss"] / n
             metrics["critic/value_clip_frac"] = t["value_clipped"] / n
-            metrics["critic/grad_norm"] = t["critic_grad_norm"] / len(grad_norms) / self.world_size
+            metrics["critic/grad_norm"] = t["critic_grad_norm"] / max(len(grad_norms), 1) / self.world_size
         if on_policy_forward:  # one epoch, one mini-batch: compared on every token once
             metrics["rollout/logprob_diff"] = t["logprob_diff"] / n
         return metrics
@@ -275,6 +285,41 @@ class FSDPLearner:
             self.policy.lm.save_pretrained(path, state_dict=state)
             load_tokenizer(self.model_path).save_pretrained(path)
         dist.barrier()
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _trainables(self) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
+        nets = {"policy": (self.policy, self.optimizer)}
+        if self.critic is not None:
+            nets["critic"] = (self.critic, self.critic_optimizer)
+        return nets
+
+    def _train_state(self) -> dict[str, dict]:
+        """Sharded model and optimizer state dicts (DTensors), as torch.distributed.checkpoint
+        saves and loads them; initialises empty optimizer state so a load has slots to fill."""
+        state = {}
+        for name, (model, optimizer) in self._trainables().items():
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            state[name] = {"model": model_sd, "optim": optim_sd}
+        return state
+
+    def save_checkpoint(self, path: str) -> None:
+        """Collective: write this rank's shards of the policy/critic and their optimizers to
+        `path` (a directory every rank can reach), plus this rank's counters and RNG state."""
+        dcp.save(self._train_state(), checkpoint_id=path)
+        torch.save({"updates": getattr(self, "_updates", 0), "torch_rng": torch.get_rng_state()},
+                   os.path.join(path, f"rank{self.rank}.pt"))
+
+    def load_checkpoint(self, path: str) -> None:
+        """Collective: restore what `save_checkpoint` wrote (any learner world size)."""
+        state = self._train_state()
+        dcp.load(state, checkpoint_id=path)
+        for name, (model, optimizer) in self._trainables().items():
+            set_state_dict(model, optimizer, model_state_dict=state[name]["model"],
+                           optim_state_dict=state[name]["optim"])
+        own = os.path.join(path, f"rank{self.rank}.pt")
+        extra = torch.load(own if os.path.exists(own) else os.path.join(path, "rank0.pt"), weights_only=True)
+        self._updates = int(extra["updates"])
+        torch.set_rng_state(extra["torch_rng"])
 
     def peak_rss_gib(self) -> float:
         return peak_rss_gib()

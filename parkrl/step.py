@@ -1,0 +1,151 @@
+"""One RL step, one named and timed phase per line of the algorithm:
+
+    generate -> reward -> logprobs (old, reference, values) -> advantages -> update -> sync -> (eval)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS
+from parkrl.batch import TrajectoryBatch, pad_ragged
+from parkrl.collect import chat_prompt_ids, collect_batch, score
+from parkrl.config import Config
+from parkrl.data import TaskPrompts
+from parkrl.metrics import PhaseTimer
+from parkrl.rewards import RewardFunction
+from parkrl.rollout import SamplingSpec
+from parkrl.workers.fleet import Fleet
+
+
+def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data: TaskPrompts,
+            cfg: Config) -> tuple[dict[str, float], TrajectoryBatch]:
+    """One step of the algorithm; returns its metrics and the trained batch."""
+    a, lc = cfg.algorithm, cfg.learner
+    timer = PhaseTimer()
+
+    batch, metrics = collect_batch(step, fleet, tokenizer, reward_fn, data, cfg, timer)  # generate + reward
+    estimator = ADVANTAGES.get(a.advantage)
+    with timer("logprobs"):
+        if lc.mini_batches > 1 or lc.epochs > 1:  # else the update's first forward is the old policy
+            batch.add("old_logprobs", fleet.per_token(batch, "policy"))
+            metrics["rollout/logprob_diff"] = logprob_diff(batch["old_logprobs"], batch)
+        if a.kl_coef > 0:
+            batch.add("ref_logprobs", fleet.per_token(batch, "reference"))
+        if getattr(estimator, "needs_critic", False):
+            batch.add("values", fleet.per_token(batch, "critic"))
+    metrics.update(add_advantages(batch, estimator, a))
+    with timer("update"):
+        metrics.update(fleet.update(batch))
+    with timer("sync"):
+        fleet.sync_weights()
+    if eval_due(cfg, step):
+        with timer("eval"):
+            metrics.update(evaluate(fleet, tokenizer, reward_fn, data.eval, cfg))
+
+    scores = metrics.pop("scores_drawn")  # every sample generated this step, kept or not
+    lengths = torch.tensor([len(x) for x in batch.response_ids], dtype=torch.float32)
+    metrics.update({
+        "reward/mean": scores.mean().item(),
+        "reward/trained_mean": batch["scores"].mean().item(),
+        "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+        "reward/shaped_mean": batch["rewards"].mean().item(),
+        "reward/zero_std_groups": zero_std_fraction(batch["rewards"], batch.group_ids),
+        "response/length_mean": lengths.mean().item(),
+        "response/clip_frac": sum(f == "length" for f in batch.finish_reasons) / len(batch),
+        **fleet.peak_memory(),
+        **timer.metrics(),
+    })
+    metrics["perf/gen_tokens_per_s"] = lengths.sum().item() / max(metrics["timing/generate_s"], 1e-9)
+    trained = sum(len(p) + len(x) for p, x in zip(batch.prompt_ids, batch.response_ids)) * lc.epochs
+    metrics["perf/train_tokens_per_s"] = trained / max(metrics["timing/update_s"], 1e-9)
+    metrics["workers/restarts"] = float(fleet.restarts)
+    return metrics, batch
+
+
+def add_advantages(batch: TrajectoryBatch, estimator, a) -> dict[str, float]:
+    """Add "advantages" (and "returns" for GAE) to the batch; returns KL-in-reward metrics.
+
+    With `algorithm.kl_in=reward` the per-token penalty kl_coef * KL(policy || reference) is
+    subtracted from the reward: token by token for GAE, summed over the sample otherwise. GAE
+    assumes each response's trained tokens form a prefix (true for single-turn rollouts).
+    """
+    kl, metrics = None, {}
+    mask, _ = pad_ragged(batch.loss_mask)  # trained tokens (a prefix of each response)
+    if a.kl_coef > 0 and a.kl_in == "reward":
+        policy = batch["old_logprobs"] if "old_logprobs" in batch else batch.rollout_logprobs
+        lp, _ = pad_ragged(policy)
+        kl = KL_ESTIMATORS.get(a.kl_estimator)(lp, pad_ragged(batch["ref_logprobs"])[0]) * mask  # trained tokens only
+        metrics["kl/ref"] = (kl.sum() / mask.sum().clamp(min=1)).item()
+    if getattr(estimator, "needs_critic", False):
+        values, _ = pad_ragged(batch["values"])
+        token_rewards = torch.zeros_like(values)
+        for i, n in enumerate(mask.sum(-1).long().tolist()):
+            if n:
+                token_rewards[i, n - 1] = batch["rewards"][i]  # the outcome, on the last trained token
+        if kl is not None:
+            token_rewards = token_rewards - a.kl_coef * kl
+        adv, returns = estimator(token_rewards, values, mask, a)
+        batch.add("advantages", [adv[i, : len(r)].tolist() for i, r in enumerate(batch.response_ids)])
+        batch.add("returns", [returns[i, : len(r)].tolist() for i, r in enumerate(batch.response_ids)])
+    else:
+        rewards = batch["rewards"] if kl is None else batch["rewards"] - a.kl_coef * kl.sum(-1)
+        batch.add("advantages", estimator(rewards, torch.tensor(batch.group_ids), a))
+    return metrics
+
+
+def evaluate(fleet: Fleet, tokenizer, reward_fn: RewardFunction, eval_samples: list[dict[str, Any]],
+             cfg: Config) -> dict[str, float]:
+    """Greedy accuracy on the held-out eval set."""
+    spec = SamplingSpec(n=1, max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0, logprobs=False)
+    prompts = [chat_prompt_ids(tokenizer, s["messages"]) for s in eval_samples]
+    responses = [group[0].token_ids for group in fleet.generate(prompts, spec)]
+    rewards, _ = score(reward_fn, tokenizer, responses, eval_samples, cfg.reward.on_error)
+    return {
+        "eval/accuracy": sum(reward_fn.is_correct(v) for v in rewards) / len(rewards),
+        "eval/reward_mean": sum(rewards) / len(rewards),
+    }
+
+
+def logprob_diff(learner_logprobs: list[list[float]], batch: TrajectoryBatch) -> float:
+    """Mean |learner logprob - rollout logprob| over trained tokens (same policy version)."""
+    total, count = 0.0, 0
+    for lp, rp, mask in zip(learner_logprobs, batch.rollout_logprobs, batch.loss_mask):
+        for a, b, m in zip(lp, rp, mask):
+            if m:
+                total += abs(a - b)
+                count += 1
+    return total / max(count, 1)
+
+
+def sample_rows(batch: TrajectoryBatch, tokenizer, k: int) -> list[dict[str, Any]]:
+    """The first `k` samples of the batch as readable rows for samples.jsonl."""
+    rows = []
+    for i in range(min(k, len(batch))):
+        adv = batch["advantages"][i]
+        rows.append({
+            "question": batch.samples[i].get("question"),
+            "completion": tokenizer.decode(batch.response_ids[i], skip_special_tokens=True),
+            "answer": batch.samples[i].get("answer"),
+            "score": float(batch["scores"][i]),
+            "reward": float(batch["rewards"][i]),
+            "advantage": float(adv) if not isinstance(adv, list) else sum(adv) / max(len(adv), 1),
+            "group": batch.group_ids[i],
+            "finish_reason": batch.finish_reasons[i],
+        })
+    return rows
+
+
+def zero_std_fraction(rewards: torch.Tensor, group_ids: list[int]) -> float:
+    """Fraction of groups whose rewards are all equal (they carry no GRPO signal)."""
+    groups: dict[int, list[float]] = {}
+    for g, v in zip(group_ids, rewards.tolist()):
+        groups.setdefault(g, []).append(v)
+    return sum(max(v) == min(v) for v in groups.values()) / max(len(groups), 1)
+
+
+def eval_due(cfg: Config, step: int) -> bool:
+    """Eval at step 0, every `trainer.eval_every` steps and after the last step (0 = never)."""
+    every = cfg.trainer.eval_every
+    return every > 0 and (step % every == 0 or step == cfg.trainer.total_steps)

@@ -1,0 +1,133 @@
+"""Failures on real Ray actors: a dead rollout engine is restarted and re-synced mid-run, a dead
+learner ends the run with a resume hint and `resume=auto` finishes it, a hung actor is named
+within the timeout, and SIGINT checkpoints and leaves no process or /dev/shm entry behind."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from parkrl.config import RoleResources
+from parkrl.controller import train
+from parkrl.workers import WorkerDied, WorkerGroup, WorkerTimeout
+from test_integration import SYNC_OK, read_metrics, tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+def kill_on_call(monkeypatch, method: str, call_number: int, role: str) -> list[int]:
+    """Patch WorkerGroup.submit_each so that the `call_number`-th `method` call on `role` kills
+    worker 0 right after the call was sent: it dies mid-call."""
+    original = WorkerGroup.submit_each
+    calls = []
+
+    def submit_each(self, name, args, ranks=None):
+        pending = original(self, name, args, ranks)
+        if self.role == role and name == method:
+            calls.append(1)
+            if len(calls) == call_number:
+                import ray
+
+                ray.kill(self.workers[0], no_restart=True)
+        return pending
+
+    monkeypatch.setattr(WorkerGroup, "submit_each", submit_each)
+    return calls
+
+
+def test_dead_rollout_engine_is_restarted_and_dead_learner_resumes(tiny_model_dir, tmp_path, ray_session, monkeypatch):
+    cfg = tiny_config(tiny_model_dir, str(tmp_path / "run"), trainer__total_steps=4, trainer__save_every=2,
+                      trainer__eval_every=0, trainer__save_final=False)
+    cfg.resources.learner.num_workers = 1
+    kill_on_call(monkeypatch, "generate", 2, "rollout")  # the engine dies during step 2's generation
+    kill_on_call(monkeypatch, "update", 4, "learner")  # the learner dies during step 4's update
+    with pytest.raises(WorkerDied) as failure:
+        train(cfg)
+    message = str(failure.value) + "".join(getattr(failure.value, "__notes__", []))
+    assert "learner[0].update: the worker died" in message
+    assert "step_000002" in message and "trainer.resume=auto" in message
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[1]["workers/restarts"] == 1  # step 2 completed on the restarted engine ...
+    assert rows[1]["rollout/logprob_diff"] < SYNC_OK  # ... which got the learner's current weights
+
+    monkeypatch.undo()
+    train(cfg)  # trainer.resume=auto (the default)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # step 3 rerun from the step-2 checkpoint
+    assert rows[3]["rollout/logprob_diff"] < SYNC_OK
+
+
+class Napper:
+    def nap(self, seconds: float) -> str:
+        time.sleep(seconds)
+        return "awake"
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_hung_ray_actor_is_named_within_the_timeout(ray_session):
+    group = WorkerGroup("napper", Napper, RoleResources(num_workers=1, cpus_per_worker=0.1), "ray", 3.0,
+                        lambda rank: ())
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(WorkerTimeout, match=r"napper\[0\]\.nap did not finish within 3 s"):
+            group.call("nap", 60.0)
+        assert time.monotonic() - t0 < 6.0
+    finally:
+        with pytest.raises(WorkerTimeout, match=r"napper\[0\]\.shutdown"):  # still napping: named, then killed
+            group.shutdown(timeout_s=1.0)
+
+
+def session_processes(sid: int) -> list[str]:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getsid(p.info["pid"]) == sid:
+                found.append(" ".join(p.info["cmdline"] or [])[:120])
+        except (ProcessLookupError, PermissionError):
+            pass
+    return found
+
+
+def test_sigint_checkpoints_and_leaves_no_process_or_shared_memory(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    shm_before = set(os.listdir("/dev/shm"))
+    cmd = [sys.executable, "-m", "parkrl.train", "recipe=grpo", f"model.path={tiny_model_dir}",
+           "reward.cls=custom_reward.ShortText", "trainer.total_steps=50", "trainer.save_every=0",
+           "trainer.eval_every=0", "trainer.prompts_per_step=2", "rollout.n=4", "rollout.max_new_tokens=8",
+           "rollout.kv_cache_gib=0.25", "learner.dtype=float32", "rollout.dtype=float32",
+           "data.eval_size=4", "data.train_size=50", f"trainer.output_dir={out}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    # Its own session, like a terminal job: Ctrl-C reaches the whole foreground process group.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip():
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, output[-3000:]
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    assert f"stopped by SIGINT after step {last}" in output
+    assert (out / "checkpoints" / f"step_{last:06d}" / "trainer_state.json").is_file()
+    assert last < 50
+    deadline = time.monotonic() + 30  # Ray's own daemons exit asynchronously after shutdown
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert session_processes(proc.pid) == []
+    leaked = set(os.listdir("/dev/shm")) - shm_before
+    assert not leaked, leaked
