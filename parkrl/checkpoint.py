@@ -60,6 +60,17 @@ def resume_point(resume: str, output_dir: Path) -> Path | None:
     return path
 
 
+def check_no_later_checkpoints(output_dir: Path, start: int) -> None:
+    """Refuse to start at step `start` where checkpoints of later steps exist: they belong to
+    another timeline, and pruning or `resume=auto` would mix the two runs."""
+    later = [p.name for p in complete_checkpoints(output_dir) if int(p.name.removeprefix("step_")) > start]
+    if later:
+        raise ConfigError(
+            f"trainer.output_dir={str(output_dir)!r} holds checkpoints after step {start} ({', '.join(later)}) "
+            f"from another run: use trainer.resume=auto to continue it, a new trainer.output_dir, or delete them"
+        )
+
+
 def read_state(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / STATE_FILE).read_text())
 
@@ -80,16 +91,18 @@ def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
             if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES]
 
 
-def save(fleet, output_dir: Path, step: int, data_state: dict[str, Any], cfg: Config) -> Path:
-    """Write checkpoint `step` (learner shards, then the trainer state), then keep only the
-    latest `trainer.keep_checkpoints`. Returns its directory."""
+def save(fleet, output_dir: Path, step: int, data_state: dict[str, Any], cfg: Config,
+         counters: dict[str, int] | None = None) -> Path:
+    """Write checkpoint `step` (learner shards, then the trainer state with the data sampler's
+    position and the controller's `counters`), then keep only the latest
+    `trainer.keep_checkpoints`. Returns its directory."""
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:06d}"
     tmp = root / f"step_{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     fleet.save_checkpoint(str((tmp / "learner").resolve()))
-    state = {"step": step, "data": data_state, "config": asdict(cfg)}
+    state = {"step": step, "data": data_state, "counters": counters or {}, "config": asdict(cfg)}
     (tmp / STATE_FILE).write_text(json.dumps(state, default=str))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

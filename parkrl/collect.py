@@ -121,7 +121,7 @@ def score(reward_fn: RewardFunction, tokenizer, response_ids: list[list[int]],
                     ) from e
                 rewards.append(0.0)
                 errors += 1
-        if errors == 0:  # only the batch call failed: report that
+        if errors == 0 and on_error != "zero":  # only the batch call failed: report that
             raise RuntimeError(f"reward function {name} raised on a batch of {len(texts)}: {batch_error}") from batch_error
     if len(rewards) != len(texts):
         raise ValueError(f"reward function {name} returned {len(rewards)} rewards for {len(texts)} completions")

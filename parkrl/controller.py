@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def train(cfg: Config) -> Path:
         start = saved["step"]
         for change in checkpoint.config_changes(saved["config"], cfg):
             print(f"[parkrl] warning: resuming with a changed config: {change}", file=sys.stderr, flush=True)
+    checkpoint.check_no_later_checkpoints(out, start)
     if start >= t.total_steps:
         print(f"[parkrl] {out} already holds step {start} (trainer.total_steps={t.total_steps}): nothing to do; "
               f"raise trainer.total_steps to train on, or pick a new trainer.output_dir", flush=True)
@@ -63,6 +65,9 @@ def train(cfg: Config) -> Path:
         fleet = None
         try:
             fleet = Fleet(cfg, model_path)
+            counters = saved.get("counters", {}) if saved else {}
+            fleet.restarts = counters.get("worker_restarts", 0)
+            nonfinite_run = counters.get("nonfinite_run", 0)
             if saved:
                 checkpoint.restore(resume_from, fleet)
             elif eval_due(cfg, 0):
@@ -70,7 +75,6 @@ def train(cfg: Config) -> Path:
                 with timer("eval"):
                     before = evaluate(fleet, tokenizer, reward_fn, data.eval, cfg)
                 log.log(0, {**before, **timer.metrics()})
-            nonfinite_run = 0
             for step in range(start + 1, t.total_steps + 1):
                 try:
                     metrics, batch = rl_step(step, fleet, tokenizer, reward_fn, data, cfg)
@@ -81,8 +85,10 @@ def train(cfg: Config) -> Path:
                 log.log_samples(step, sample_rows(batch, tokenizer, t.samples_per_step))
                 nonfinite_run = _check_finite(metrics, nonfinite_run, step, t.max_nonfinite_steps)
                 if (t.save_every and step % t.save_every == 0) or stop.requested or step == t.total_steps:
-                    path = checkpoint.save(fleet, out, step, data.state_dict(), cfg)
-                    print(f"[parkrl] checkpoint {path}", flush=True)
+                    t0 = time.monotonic()
+                    path = checkpoint.save(fleet, out, step, data.state_dict(), cfg,
+                                           {"worker_restarts": fleet.restarts, "nonfinite_run": nonfinite_run})
+                    print(f"[parkrl] checkpoint {path} ({time.monotonic() - t0:.1f} s)", flush=True)
                 if stop.requested:
                     print(f"[parkrl] stopped by {stop.requested} after step {step}; continue with the same "
                           f"command (trainer.resume=auto)", flush=True)
@@ -90,6 +96,7 @@ def train(cfg: Config) -> Path:
             if t.save_final:
                 fleet.save_hf(str(out / "final"))
         finally:
+            stop.shielded = True  # a further Ctrl-C must not cut the engines' shutdown short
             if fleet is not None:
                 fleet.shutdown()
             log.close()

@@ -47,7 +47,7 @@ class MetricsWriter:
         self.total_steps = total_steps
         self._file = _reopen(self.path, start_step)
         self._samples = _reopen(self.samples_path, start_step)
-        self._trackers = make_trackers(list(loggers), Path(output_dir), config or {}, wandb_project, start_step > 0)
+        self._trackers = make_trackers(list(loggers), Path(output_dir), config or {}, wandb_project, start_step)
         self._eta = Eta(start_step)
         self._bar = ProgressBar(total_steps, start_step) if sys.stdout.isatty() else None
 
@@ -77,10 +77,15 @@ class MetricsWriter:
 
 def _reopen(path: Path, start_step: int):
     """Open a JSONL log for appending, keeping only rows of steps <= start_step (all rows are
-    dropped when start_step is 0: a fresh run)."""
+    dropped when start_step is 0: a fresh run; a line torn by a kill is dropped too)."""
     kept = []
     if start_step > 0 and path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= start_step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line torn by a kill mid-write
     f = open(path, "w", buffering=1)
     f.writelines(line + "\n" for line in kept)
     return f

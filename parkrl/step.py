@@ -125,7 +125,7 @@ def sample_rows(batch: TrajectoryBatch, tokenizer, k: int) -> list[dict[str, Any
     for i in range(min(k, len(batch))):
         adv = batch["advantages"][i]
         rows.append({
-            "question": batch.samples[i].get("question"),
+            "prompt": batch.samples[i].get("question"),  # the user turn (the chat template adds the rest)
             "completion": tokenizer.decode(batch.response_ids[i], skip_special_tokens=True),
             "answer": batch.samples[i].get("answer"),
             "score": float(batch["scores"][i]),

@@ -1,7 +1,8 @@
 """Graceful stop on Ctrl-C (SIGINT) and SIGTERM (Kubernetes preemption, `kill`).
 
 The first signal asks the run to stop after the current step, save a checkpoint and shut every
-worker down; a second SIGINT stops at once (workers are still shut down, no checkpoint).
+worker down; a second SIGINT stops at once (workers are still shut down, no checkpoint). Once
+the shutdown of the workers has begun, signals no longer interrupt it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested: str | None = None  # the signal's name
+        self.shielded = False  # set while shutting down: signals are then only acknowledged
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -30,6 +32,9 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if self.shielded:
+            print(f"\n[parkrl] {name}: shutting the workers down, a few seconds more", file=sys.stderr, flush=True)
+            return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now
         self.requested = name

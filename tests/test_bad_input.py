@@ -121,3 +121,20 @@ def test_nan_loss_skips_updates_then_stops_the_run(tiny_model_dir, tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["learner/nonfinite_updates"] == 1 and r["loss/policy"] is None for r in rows)
     assert all(r["rollout/logprob_diff"] < 1e-3 for r in rows)  # weights untouched by the skipped updates
+
+
+class BatchOnly(RewardFunction):
+    """Raises on batches of more than one completion only (a batching bug)."""
+
+    def __call__(self, completions, messages, samples):
+        if len(completions) > 1:
+            raise MemoryError("batch too big")
+        return [0.5]
+
+
+def test_on_error_zero_uses_single_scores_when_only_the_batch_call_fails(tok):
+    ids = [tok.encode("one"), tok.encode("two")]
+    samples = [{"question": "q", "messages": []}] * 2
+    assert score(BatchOnly(), tok, ids, samples, on_error="zero") == ([0.5, 0.5], 0)
+    with pytest.raises(RuntimeError, match="BatchOnly raised on a batch of 2: batch too big"):
+        score(BatchOnly(), tok, ids, samples)

@@ -126,3 +126,35 @@ def test_sampler_state_round_trip_continues_the_same_stream():
     b = TaskPrompts(cfg, shuffle_seed=123)  # a different seed: only the loaded state can match
     b.load_state_dict(state)
     assert [s["question"] for s in b.next_prompts(40)] == expected
+
+
+def test_a_fresh_run_refuses_an_output_dir_with_another_runs_checkpoints(tmp_path):
+    checkpoint.save(FakeFleet(), tmp_path, 20, {}, Config())
+    with pytest.raises(ConfigError, match=r"holds checkpoints after step 0 \(step_000020\).*trainer.resume=auto"):
+        checkpoint.check_no_later_checkpoints(tmp_path, 0)  # trainer.resume=never
+    checkpoint.check_no_later_checkpoints(tmp_path, 20)  # resuming it is fine
+
+
+@pytest.mark.integration
+def test_ppo_resume_on_two_learner_ranks_with_critic_and_epochs_is_exact(tiny_model_dir, tmp_path, ray_session):
+    """Sharded resume (2 FSDP ranks) of everything PPO trains: policy, critic, both optimizers,
+    the epoch shuffling counter; with a reference model and KL in the reward."""
+    from parkrl.controller import train
+    from test_integration import read_metrics, tiny_config
+
+    def ppo(out, steps):
+        cfg = tiny_config(tiny_model_dir, str(out), trainer__total_steps=steps, trainer__save_every=2,
+                          trainer__eval_every=0, trainer__save_final=False, algorithm__advantage="gae",
+                          algorithm__kl_coef=0.01, algorithm__kl_in="reward", algorithm__kl_estimator="k1",
+                          learner__epochs=2, learner__mini_batches=2, learner__critic_lr=1e-3)
+        return cfg
+
+    a = read_metrics(train(ppo(tmp_path / "a", 4)))
+    train(ppo(tmp_path / "b", 2))
+    b = read_metrics(train(ppo(tmp_path / "b", 4)))  # resumes from step 2 (a longer run of the same config)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    keys = ["reward/mean", "loss/policy", "loss/value", "kl/ref", "learner/grad_norm", "critic/grad_norm",
+            "policy/ratio_dev"]
+    for i in (2, 3):
+        for key in keys:
+            assert b[i][key] == pytest.approx(a[i][key], abs=TOLERANCE, rel=TOLERANCE), (i + 1, key)

@@ -19,9 +19,9 @@ from test_integration import SYNC_OK, read_metrics, tiny_config
 pytestmark = pytest.mark.integration
 
 
-def kill_on_call(monkeypatch, method: str, call_number: int, role: str) -> list[int]:
+def kill_on_call(monkeypatch, method: str, call_number: int, role: str, rank: int = 0) -> None:
     """Patch WorkerGroup.submit_each so that the `call_number`-th `method` call on `role` kills
-    worker 0 right after the call was sent: it dies mid-call."""
+    worker `rank` right after the call was sent: it dies mid-call."""
     original = WorkerGroup.submit_each
     calls = []
 
@@ -32,34 +32,39 @@ def kill_on_call(monkeypatch, method: str, call_number: int, role: str) -> list[
             if len(calls) == call_number:
                 import ray
 
-                ray.kill(self.workers[0], no_restart=True)
+                ray.kill(self.workers[rank], no_restart=True)
         return pending
 
     monkeypatch.setattr(WorkerGroup, "submit_each", submit_each)
-    return calls
 
 
-def test_dead_rollout_engine_is_restarted_and_dead_learner_resumes(tiny_model_dir, tmp_path, ray_session, monkeypatch):
-    cfg = tiny_config(tiny_model_dir, str(tmp_path / "run"), trainer__total_steps=4, trainer__save_every=2,
-                      trainer__eval_every=0, trainer__save_final=False)
+def test_dead_rollout_engines_are_restarted_and_dead_learner_resumes(tiny_model_dir, tmp_path, ray_session, monkeypatch):
+    cfg = tiny_config(tiny_model_dir, str(tmp_path / "run"), trainer__total_steps=5, trainer__save_every=2,
+                      trainer__eval_every=0, trainer__save_final=False, trainer__worker_timeout_s=120,
+                      trainer__sync_timeout_s=20)
     cfg.resources.learner.num_workers = 1
-    kill_on_call(monkeypatch, "generate", 2, "rollout")  # the engine dies during step 2's generation
-    kill_on_call(monkeypatch, "update", 4, "learner")  # the learner dies during step 4's update
+    cfg.resources.rollout.num_workers = 2
+    # receive_weights calls: #1 step 1's sync, #2 the re-sync after the restart below, #3 step 2's, #4 step 3's.
+    kill_on_call(monkeypatch, "generate", 2, "rollout", rank=0)  # engine 0 dies during step 2's generation
+    kill_on_call(monkeypatch, "receive_weights", 4, "rollout", rank=1)  # engine 1 dies during step 3's sync
+    kill_on_call(monkeypatch, "update", 5, "learner")  # the learner dies during step 5's update
     with pytest.raises(WorkerDied) as failure:
         train(cfg)
     message = str(failure.value) + "".join(getattr(failure.value, "__notes__", []))
     assert "learner[0].update: the worker died" in message
-    assert "step_000002" in message and "trainer.resume=auto" in message
+    assert "step_000004" in message and "trainer.resume=auto" in message
     rows = read_metrics(tmp_path / "run")
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert rows[1]["workers/restarts"] == 1  # step 2 completed on the restarted engine ...
-    assert rows[1]["rollout/logprob_diff"] < SYNC_OK  # ... which got the learner's current weights
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["workers/restarts"] for r in rows] == [0, 1, 2, 2]
+    # Each step's engines held the learner's current weights: both restarts were re-synced.
+    assert all(r["rollout/logprob_diff"] < SYNC_OK for r in rows)
 
     monkeypatch.undo()
     train(cfg)  # trainer.resume=auto (the default)
     rows = read_metrics(tmp_path / "run")
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # step 3 rerun from the step-2 checkpoint
-    assert rows[3]["rollout/logprob_diff"] < SYNC_OK
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # step 5 run from the step-4 checkpoint
+    assert rows[4]["rollout/logprob_diff"] < SYNC_OK
+    assert rows[4]["workers/restarts"] == 2  # the restart budget carries over
 
 
 class Napper:

@@ -142,5 +142,5 @@ def test_cli_runs_and_puts_every_file_in_output_dir(tiny_model_dir, tmp_path):
     assert "step 1/1 | reward" in proc.stdout
     assert {"metrics.jsonl", "samples.jsonl", "config.json", "final", "checkpoints", ".hydra"} <= {p.name for p in out.iterdir()}
     sample = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
-    assert sample["step"] == 1 and {"question", "completion", "reward", "advantage"} <= set(sample)
+    assert sample["step"] == 1 and {"prompt", "completion", "reward", "advantage"} <= set(sample)
     assert not (tmp_path / "outputs").exists()  # nothing written outside trainer.output_dir

@@ -15,6 +15,8 @@ def test_metrics_writer_continues_after_the_resumed_step(tmp_path):
         w.log(step, {"reward/mean": step / 10})
         w.log_samples(step, [{"completion": f"c{step}"}])
     w.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "reward/me')  # torn by a SIGKILL mid-write
     w = MetricsWriter(tmp_path, 10, start_step=3)  # resumed from the step-3 checkpoint
     w.log(4, {"reward/mean": 0.99})
     w.close()

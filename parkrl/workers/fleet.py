@@ -12,7 +12,7 @@ from typing import Callable, TypeVar
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
 from parkrl.rollout import Completion, SamplingSpec
-from parkrl.workers.group import WorkerDied, WorkerGroup, wait_all
+from parkrl.workers.group import WorkerDied, WorkerError, WorkerGroup, WorkerTimeout, wait_all
 from parkrl.workers.learner import FSDPLearner
 from parkrl.workers.rollout import RolloutWorker
 
@@ -71,22 +71,39 @@ class Fleet:
         return [group for chunk in results for group in chunk]
 
     def _recovering(self, call: Callable[[], T]) -> T:
-        """Run `call`; if a rollout worker died meanwhile, restart it, rebuild the sync group,
-        push the current weights and run `call` again (`trainer.max_worker_restarts` per run).
-        A learner death is not recoverable in place: it propagates (resume from a checkpoint)."""
+        """Run `call`, a phase that involves the engines. If it fails and an engine's process is
+        gone (killed, OOM, node lost), restart that engine, rebuild the sync group, push the
+        current weights and run `call` again, at most `trainer.max_worker_restarts` restarts
+        per run. Other failures (a learner death included) propagate: resume from a checkpoint.
+
+        A death during the weight sync first shows as the learner's broadcast failing, so the
+        engines are probed rather than trusting which error arrived first."""
+        dead: list[int] = []
         while True:
             try:
+                if dead:
+                    self._restart_engines(dead)
+                    dead = []
                 return call()
-            except WorkerDied as e:
-                if e.role != "rollout" or self.restarts >= self.cfg.trainer.max_worker_restarts:
+            except (WorkerError, WorkerTimeout) as e:
+                dead = self.rollout.dead_ranks()
+                if isinstance(e, WorkerDied) and e.role == "rollout" and e.rank not in dead:
+                    dead.append(e.rank)
+                limit = self.cfg.trainer.max_worker_restarts
+                if not dead or self.restarts + len(dead) > limit:
+                    if dead:
+                        e.add_note(f"rollout {dead} died; {self.restarts} of trainer.max_worker_restarts={limit} "
+                                   f"restarts already used")
                     raise
-                self.restarts += 1
-                print(f"[parkrl] {e}; restarting rollout[{e.rank}] "
-                      f"({self.restarts}/{self.cfg.trainer.max_worker_restarts}), re-syncing weights and retrying",
-                      flush=True)
-                self.rollout.restart(e.rank)
-                self._join_sync_group()
-                self._sync_weights()
+                print(f"[parkrl] {e}\n[parkrl] rollout {sorted(dead)} died: restarting, re-syncing weights and "
+                      f"retrying ({self.restarts + len(dead)}/{limit} restarts)", flush=True)
+
+    def _restart_engines(self, ranks: list[int]) -> None:
+        for rank in ranks:
+            self.rollout.restart(rank)
+            self.restarts += 1
+        self._join_sync_group()  # survivors still inside a broadcast join once it times out
+        self._sync_weights()
 
     def per_token(self, batch: TrajectoryBatch, model: str) -> list[list[float]]:
         """Per-token values of every sample: logprobs under "policy" or "reference", or "critic" values."""
@@ -115,7 +132,8 @@ class Fleet:
 
     def peak_memory(self) -> dict[str, float]:
         """Peak RSS of the largest worker of each role, in GiB."""
-        return {f"memory/{g.role}_peak_gib": max(g.call("peak_rss_gib")) for g in (self.learner, self.rollout)}
+        return {f"memory/{g.role}_peak_gib": max(self._recovering(lambda g=g: g.call("peak_rss_gib")))
+                for g in (self.learner, self.rollout)}
 
     def save_checkpoint(self, path: str) -> None:
         """Every learner rank writes its shards of the training state under `path`."""

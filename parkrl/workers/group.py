@@ -128,11 +128,30 @@ class WorkerGroup:
     def _wait(self, pending: Pending) -> list[Any]:
         return wait_all([pending], self.timeout_s)[0]
 
+    def dead_ranks(self, probe_s: float = 10.0) -> list[int]:
+        """Ranks whose worker process is gone (Ray only): a trivial call to each fails as dead
+        within `probe_s`. A busy worker does not answer in time and counts as alive."""
+        if self.runtime != "ray":
+            return []
+        import ray
+
+        probes = [w.__ray_ready__.remote() for w in self.workers]
+        ray.wait(probes, num_returns=len(probes), timeout=probe_s)
+        return [r for r, ref in enumerate(probes) if _done(ref) and _is_death(_error(ref))]
+
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Ask each worker to shut down (engines free their memory), waiting at most
-        `timeout_s`, then end the workers even if that did not finish (a hung worker)."""
+        `timeout_s` in all, then end the workers even if that did not finish (a hung or dead
+        worker). Raises the first worker's problem, after every worker was dealt with."""
+        problems: list[Exception] = []
         try:
-            wait_all([self.submit("shutdown")], min(timeout_s, self.timeout_s))
+            pending = self.submit("shutdown")
+            deadline = time.monotonic() + min(timeout_s, self.timeout_s)
+            for rank, handle in zip(pending.ranks, pending.handles):  # each on its own: one death must not skip the others
+                try:
+                    wait_all([Pending(self, "shutdown", [rank], [handle])], max(0.1, deadline - time.monotonic()))
+                except (WorkerError, WorkerTimeout) as e:
+                    problems.append(e)
         finally:
             if self.runtime == "ray":
                 import ray
@@ -144,6 +163,8 @@ class WorkerGroup:
             else:
                 for t in self._threads:
                     t.shutdown(wait=False, cancel_futures=True)
+        if problems:
+            raise problems[0]
 
 
 def wait_all(pendings: Sequence[Pending], timeout_s: float) -> list[list[Any]]:

@@ -298,6 +298,8 @@ class FSDPLearner:
         saves and loads them; initialises empty optimizer state so a load has slots to fill."""
         state = {}
         for name, (model, optimizer) in self._trainables().items():
+            if not optimizer.state:  # no step taken yet (or only skipped ones): let torch create the slots
+                optimizer.zero_grad(set_to_none=True)
             model_sd, optim_sd = get_state_dict(model, optimizer)
             state[name] = {"model": model_sd, "optim": optim_sd}
         return state
@@ -306,8 +308,10 @@ class FSDPLearner:
         """Collective: write this rank's shards of the policy/critic and their optimizers to
         `path` (a directory every rank can reach), plus this rank's counters and RNG state."""
         dcp.save(self._train_state(), checkpoint_id=path)
-        torch.save({"updates": getattr(self, "_updates", 0), "torch_rng": torch.get_rng_state()},
-                   os.path.join(path, f"rank{self.rank}.pt"))
+        extra = {"updates": getattr(self, "_updates", 0), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            extra["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        torch.save(extra, os.path.join(path, f"rank{self.rank}.pt"))
 
     def load_checkpoint(self, path: str) -> None:
         """Collective: restore what `save_checkpoint` wrote (any learner world size)."""
@@ -320,6 +324,14 @@ class FSDPLearner:
         extra = torch.load(own if os.path.exists(own) else os.path.join(path, "rank0.pt"), weights_only=True)
         self._updates = int(extra["updates"])
         torch.set_rng_state(extra["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in extra:
+            torch.cuda.set_rng_state(extra["cuda_rng"], self.device)
+        # The optimizer state came with the checkpoint's hyper-parameters; the config's win, so
+        # a changed learner.lr (reported by the controller) takes effect.
+        lc = self.cfg.learner
+        for (model, optimizer), lr in zip(self._trainables().values(), (lc.lr, lc.critic_lr)):
+            for group in optimizer.param_groups:
+                group["lr"], group["weight_decay"] = lr, lc.weight_decay
 
     def peak_rss_gib(self) -> float:
         return peak_rss_gib()
