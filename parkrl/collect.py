@@ -7,6 +7,7 @@ and "rewards" (after overlong shaping; what the advantages are computed from).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -39,11 +40,13 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
                             seed=cfg.trainer.seed * 1_000_003 + step * 10_007 + rnd * 7_919_993)
         samples = data.next_prompts(want)
         with timer("generate"):
-            part = generate(fleet, tokenizer, samples, spec, group_offset=drawn, mask_truncated=a.overlong_filter)
+            if cfg.env.cls:
+                part = generate_episodes(fleet, samples, spec, group_offset=drawn, mask_truncated=a.overlong_filter)
+            else:
+                part = generate(fleet, tokenizer, samples, spec, group_offset=drawn, mask_truncated=a.overlong_filter)
         drawn += len(samples)
         with timer("reward"):
-            values, failed = score(reward_fn, tokenizer, part.response_ids, part.samples, cfg.reward.on_error)
-            scores = torch.tensor(values, dtype=torch.float32)
+            scores, failed = episode_scores(part, reward_fn, tokenizer, cfg)
             errors += failed
             part.add("scores", scores)
             part.add("rewards", overlong_shaped(scores, part, a, r.max_new_tokens))
@@ -61,6 +64,7 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
         raise RuntimeError(f"engines must return rollout.n={r.n} completions per prompt")
     batch = batch.select(list(range(want * r.n)))  # groups are contiguous: the first `want` groups
     return batch, {
+        **episode_metrics(batch),
         "scores_drawn": drawn_scores,
         "rollout/prompts_drawn": float(drawn),
         "rollout/filled_groups": float(max(0, want - sum(len(b) for b in kept) // r.n)),
@@ -83,11 +87,63 @@ def generate(fleet, tokenizer, samples: list[dict[str, Any]], spec: SamplingSpec
         prompt_ids=[prompts[k] for k, _ in rows],
         response_ids=[c.token_ids for _, c in rows],
         loss_mask=[[0 if m else 1] * len(c.token_ids) for (_, c), m in zip(rows, masked)],
-        rollout_logprobs=[c.logprobs for _, c in rows],
+        rollout_logprobs=[c.logprobs or [0.0] * len(c.token_ids) for _, c in rows],  # none asked for: zeros
         group_ids=[group_offset + k for k, _ in rows],
         samples=[samples[k] for k, _ in rows],
         finish_reasons=[c.finish_reason for _, c in rows],
     )
+
+
+def generate_episodes(fleet, samples: list[dict[str, Any]], spec: SamplingSpec, group_offset: int = 0,
+                      mask_truncated: bool = False) -> TrajectoryBatch:
+    """spec.n multi-turn episodes per task sample (env.cls), packed into a TrajectoryBatch with
+    the fields "env_rewards", "final_ids" (last assistant turn) and "episode_info"."""
+    rows = [(k, s) for k, s in enumerate(samples) for _ in range(spec.n)]
+    episodes = fleet.episodes([s for _, s in rows], replace(spec, n=1))
+    truncated = [mask_truncated and ep.finish_reason != "done" for ep in episodes]
+    batch = TrajectoryBatch(
+        prompt_ids=[ep.prompt_ids for ep in episodes],
+        response_ids=[ep.response_ids for ep in episodes],
+        loss_mask=[[0] * len(ep.loss_mask) if cut else ep.loss_mask for ep, cut in zip(episodes, truncated)],
+        rollout_logprobs=[ep.logprobs for ep in episodes],
+        group_ids=[group_offset + k for k, _ in rows],
+        samples=[s for _, s in rows],
+        finish_reasons=["stop" if ep.finish_reason == "done" else "length" for ep in episodes],
+    )
+    batch.add("env_rewards", torch.tensor([ep.env_reward for ep in episodes], dtype=torch.float32))
+    batch.add("final_ids", [ep.final_ids for ep in episodes])
+    batch.add("episode_info", [{"turns": ep.turns, **ep.info} for ep in episodes])
+    return batch
+
+
+def episode_scores(batch: TrajectoryBatch, reward_fn: RewardFunction, tokenizer, cfg: Config) -> tuple[torch.Tensor, int]:
+    """Each sample's task score and how many reward calls failed: the reward function on the
+    completion (multi-turn: on the final assistant turn, when env.final_reward) plus the
+    environment's turn rewards."""
+    if "env_rewards" not in batch:
+        values, failed = score(reward_fn, tokenizer, batch.response_ids, batch.samples, cfg.reward.on_error)
+        return torch.tensor(values, dtype=torch.float32), failed
+    total = batch["env_rewards"].clone()
+    failed = 0
+    if cfg.env.final_reward:
+        values, failed = score(reward_fn, tokenizer, batch["final_ids"], batch.samples, cfg.reward.on_error)
+        total += torch.tensor(values, dtype=torch.float32)
+    return total, failed
+
+
+def episode_metrics(batch: TrajectoryBatch) -> dict[str, float]:
+    """Turns and tool use per episode (multi-turn batches only)."""
+    if "episode_info" not in batch:
+        return {}
+    info = batch["episode_info"]
+    n = max(len(info), 1)
+    return {
+        "env/turns_mean": sum(i["turns"] for i in info) / n,
+        "env/tool_calls_mean": sum(i.get("tool_calls", 0) for i in info) / n,
+        "env/tool_call_rate": sum(i.get("tool_calls", 0) > 0 for i in info) / n,
+        "env/tool_errors_mean": sum(i.get("tool_errors", 0) for i in info) / n,
+        "env/env_token_frac": sum(len(m) - sum(m) for m in batch.loss_mask) / max(sum(len(m) for m in batch.loss_mask), 1),
+    }
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:

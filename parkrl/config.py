@@ -107,6 +107,20 @@ class RewardConfig:
 
 
 @dataclass
+class EnvConfig:
+    # Multi-turn rollouts: import path of a parkrl.Environment subclass ("" = single-turn), e.g.
+    # parkrl.envs.ToolEnvironment (calculator and python tools); args go to its constructor.
+    cls: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    max_turns: int = 4  # assistant turns per episode
+    max_total_tokens: int = 256  # response-side tokens per episode (assistant + environment turns)
+    workers: int = 8  # threads per engine running environment steps (tool calls)
+    # Whether the run's reward function (reward.cls) also scores the final assistant turn; the
+    # episode's score is that plus the sum of the environment's turn rewards.
+    final_reward: bool = True
+
+
+@dataclass
 class RoleResources:
     num_workers: int = 1
     # CPU cores per worker; also its torch thread count. Learner and rollout phases alternate,
@@ -158,6 +172,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -170,7 +185,8 @@ def _choice(value: str, key: str, allowed: tuple[str, ...], problems: list[str])
 _POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "rollout.max_new_tokens", "learner.lr",
              "learner.mini_batches", "learner.epochs", "learner.micro_batch_size", "resources.learner.num_workers",
              "resources.rollout.num_workers", "trainer.worker_timeout_s", "trainer.sync_timeout_s",
-             "data.eval_size", "data.train_size", "trainer.keep_checkpoints", "trainer.max_nonfinite_steps")
+             "data.eval_size", "data.train_size", "trainer.keep_checkpoints", "trainer.max_nonfinite_steps",
+             "env.max_turns", "env.max_total_tokens", "env.workers")
 _NON_NEGATIVE = ("rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
                  "trainer.max_worker_restarts", "trainer.samples_per_step")
 

@@ -10,7 +10,7 @@ import torch
 
 from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS
 from parkrl.batch import TrajectoryBatch, pad_ragged
-from parkrl.collect import chat_prompt_ids, collect_batch, score
+from parkrl.collect import collect_batch, episode_metrics, episode_scores, generate, generate_episodes
 from parkrl.config import Config
 from parkrl.data import TaskPrompts
 from parkrl.metrics import PhaseTimer
@@ -69,42 +69,58 @@ def add_advantages(batch: TrajectoryBatch, estimator, a) -> dict[str, float]:
 
     With `algorithm.kl_in=reward` the per-token penalty kl_coef * KL(policy || reference) is
     subtracted from the reward: token by token for GAE, summed over the sample otherwise. GAE
-    assumes each response's trained tokens form a prefix (true for single-turn rollouts).
+    runs over each response's trained tokens only, so in multi-turn episodes the environment's
+    tokens (loss mask 0) are skipped, not treated as the end of the episode.
     """
     kl, metrics = None, {}
-    mask, _ = pad_ragged(batch.loss_mask)  # trained tokens (a prefix of each response)
+    mask, _ = pad_ragged(batch.loss_mask)  # trained tokens
     if a.kl_coef > 0 and a.kl_in == "reward":
         policy = batch["old_logprobs"] if "old_logprobs" in batch else batch.rollout_logprobs
         lp, _ = pad_ragged(policy)
         kl = KL_ESTIMATORS.get(a.kl_estimator)(lp, pad_ragged(batch["ref_logprobs"])[0]) * mask  # trained tokens only
         metrics["kl/ref"] = (kl.sum() / mask.sum().clamp(min=1)).item()
     if getattr(estimator, "needs_critic", False):
-        values, _ = pad_ragged(batch["values"])
+        trained = [[t for t, m in enumerate(row) if m] for row in batch.loss_mask]
+        values, prefix = pad_ragged([[v[t] for t in ts] for v, ts in zip(batch["values"], trained)])
         token_rewards = torch.zeros_like(values)
-        for i, n in enumerate(mask.sum(-1).long().tolist()):
-            if n:
-                token_rewards[i, n - 1] = batch["rewards"][i]  # the outcome, on the last trained token
-        if kl is not None:
-            token_rewards = token_rewards - a.kl_coef * kl
-        adv, returns = estimator(token_rewards, values, mask, a)
-        batch.add("advantages", [adv[i, : len(r)].tolist() for i, r in enumerate(batch.response_ids)])
-        batch.add("returns", [returns[i, : len(r)].tolist() for i, r in enumerate(batch.response_ids)])
+        for i, ts in enumerate(trained):
+            if ts:
+                token_rewards[i, len(ts) - 1] = batch["rewards"][i]  # the outcome, on the last trained token
+                if kl is not None:
+                    token_rewards[i, : len(ts)] -= a.kl_coef * kl[i, ts]
+        adv, returns = estimator(token_rewards, values, prefix, a)
+        batch.add("advantages", _scatter(adv, trained, batch.response_ids))
+        batch.add("returns", _scatter(returns, trained, batch.response_ids))
     else:
         rewards = batch["rewards"] if kl is None else batch["rewards"] - a.kl_coef * kl.sum(-1)
         batch.add("advantages", estimator(rewards, torch.tensor(batch.group_ids), a))
     return metrics
 
 
+def _scatter(compact: torch.Tensor, trained: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+    """Per-token lists over whole responses from rows over trained tokens only (0 elsewhere)."""
+    out = []
+    for i, (ts, ids) in enumerate(zip(trained, response_ids)):
+        row = [0.0] * len(ids)
+        for k, t in enumerate(ts):
+            row[t] = compact[i, k].item()
+        out.append(row)
+    return out
+
+
 def evaluate(fleet: Fleet, tokenizer, reward_fn: RewardFunction, eval_samples: list[dict[str, Any]],
              cfg: Config) -> dict[str, float]:
-    """Greedy accuracy on the held-out eval set."""
+    """Greedy accuracy on the held-out eval set (whole episodes when env.cls is set)."""
     spec = SamplingSpec(n=1, max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0, logprobs=False)
-    prompts = [chat_prompt_ids(tokenizer, s["messages"]) for s in eval_samples]
-    responses = [group[0].token_ids for group in fleet.generate(prompts, spec)]
-    rewards, _ = score(reward_fn, tokenizer, responses, eval_samples, cfg.reward.on_error)
+    if cfg.env.cls:
+        batch = generate_episodes(fleet, eval_samples, spec)
+    else:
+        batch = generate(fleet, tokenizer, eval_samples, spec)
+    scores, _ = episode_scores(batch, reward_fn, tokenizer, cfg)
     return {
-        "eval/accuracy": sum(reward_fn.is_correct(v) for v in rewards) / len(rewards),
-        "eval/reward_mean": sum(rewards) / len(rewards),
+        "eval/accuracy": sum(reward_fn.is_correct(v) for v in scores.tolist()) / len(scores),
+        "eval/reward_mean": scores.mean().item(),
+        **{k.replace("env/", "eval/"): v for k, v in episode_metrics(batch).items()},
     }
 
 

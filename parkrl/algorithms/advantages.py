@@ -80,7 +80,8 @@ def reinforce_pp_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: A
 @ADVANTAGES.register("gae")
 def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
         cfg: AlgorithmConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE (PPO with a critic), per token on [B, T] tensors whose mask is 1 on a prefix:
+    """GAE (PPO with a critic), per token on [B, T] tensors whose mask is 1 on a prefix (the
+    caller compacts multi-turn responses to their trained tokens first):
 
         delta_t = r_t + gamma * V_{t+1} - V_t,   A_t = delta_t + gamma * lambda * A_{t+1},
 

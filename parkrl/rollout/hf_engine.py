@@ -56,6 +56,21 @@ class HFEngine:
             completions.append(Completion(toks[:end], lps, "length" if stop is None else "stop"))
         return [completions[k * spec.n:(k + 1) * spec.n] for k in range(len(prompts))]
 
+    # ---- multi-turn episodes (parkrl.envs.runner): queued requests run together at `poll` ----
+    def submit(self, request_id: str, prompt_ids: list[int], spec: SamplingSpec) -> None:
+        self._queue = getattr(self, "_queue", [])
+        self._queue.append((request_id, prompt_ids, spec))
+
+    def poll(self) -> list[tuple[str, Completion]]:
+        """Generate every queued request (one batch per distinct budget); returns them all."""
+        queue, self._queue = getattr(self, "_queue", []), []
+        done = []
+        for budget in sorted({spec.max_new_tokens for _, _, spec in queue}):
+            part = [(rid, p, spec) for rid, p, spec in queue if spec.max_new_tokens == budget]
+            groups = self.generate([p for _, p, _ in part], part[0][2])
+            done += [(rid, group[0]) for (rid, _, _), group in zip(part, groups)]
+        return done
+
     def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float) -> None:
         self._sync = (init_sync_group(host, port, rank, world_size, backend, timeout_s), timeout_s)
 

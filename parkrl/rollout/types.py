@@ -11,6 +11,7 @@ class SamplingSpec:
     temperature: float = 1.0  # 0 = greedy
     seed: int = 0  # sample j of prompt i uses seed + i * n + j: results do not depend on batching
     logprobs: bool = True  # return the logprob of every sampled token
+    stop: tuple[str, ...] = ()  # end a completion after any of these strings (kept in the output)
 
 
 @dataclass

@@ -47,29 +47,28 @@ class VLLMEngine:
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         """spec.n completions for each prompt (token ids), in prompt order."""
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [
-            SamplingParams(
-                n=spec.n,
-                temperature=spec.temperature,
-                max_tokens=spec.max_new_tokens,
-                logprobs=0 if spec.logprobs else None,
-                seed=spec.seed + i * spec.n,  # vLLM seeds sample j with seed + j
-            )
-            for i in range(len(prompts))
-        ]
+        params = [_params(spec, spec.seed + i * spec.n) for i in range(len(prompts))]  # sample j: seed + j
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        result = []
-        for out in outputs:
-            group = []
-            for c in out.outputs:
-                ids = list(c.token_ids)
-                lps = [c.logprobs[j][t].logprob for j, t in enumerate(ids)] if spec.logprobs else []
-                group.append(Completion(ids, lps, "length" if c.finish_reason == "length" else "stop"))
-            result.append(group)
-        return result
+        return [[_completion(c, spec.logprobs) for c in out.outputs] for out in outputs]
+
+    # ---- continuous batching for multi-turn episodes (parkrl.envs.runner) --------------------
+    def submit(self, request_id: str, prompt_ids: list[int], spec: SamplingSpec) -> None:
+        """Queue one request (spec.n == 1); it joins the running batch at the next `poll`."""
+        from vllm.inputs import TokensPrompt
+
+        self._wants_logprobs = getattr(self, "_wants_logprobs", {})
+        self._wants_logprobs[request_id] = spec.logprobs
+        self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), _params(spec, spec.seed))
+
+    def poll(self) -> list[tuple[str, Completion]]:
+        """Run one engine step; returns the requests that finished in it."""
+        done = []
+        for out in self.llm.llm_engine.step():
+            if out.finished:
+                done.append((out.request_id, _completion(out.outputs[0], self._wants_logprobs.pop(out.request_id))))
+        return done
 
     def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float) -> None:
         self.llm.collective_rpc("parkrl_join_sync_group", args=(host, port, rank, world_size, backend, timeout_s))
@@ -85,3 +84,23 @@ class VLLMEngine:
         if engine is not None:
             engine.llm_engine.engine_core.shutdown()
             del self.llm
+
+
+def _params(spec: SamplingSpec, seed: int):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=spec.n,
+        temperature=spec.temperature,
+        max_tokens=spec.max_new_tokens,
+        logprobs=0 if spec.logprobs else None,
+        seed=seed,
+        stop=list(spec.stop) or None,
+        include_stop_str_in_output=True,
+    )
+
+
+def _completion(c, logprobs: bool) -> Completion:
+    ids = list(c.token_ids)
+    lps = [c.logprobs[j][t].logprob for j, t in enumerate(ids)] if logprobs else []
+    return Completion(ids, lps, "length" if c.finish_reason == "length" else "stop")

@@ -70,6 +70,18 @@ class Fleet:
         results = self.rollout._wait(self.rollout.submit_each("generate", [args[i] for i in active], active))
         return [group for chunk in results for group in chunk]
 
+    def episodes(self, samples: list[dict], spec: SamplingSpec) -> list:
+        """One multi-turn episode (parkrl.envs.Episode) per sample, samples spread over the engines."""
+        return self._recovering(lambda: self._episodes(samples, spec))
+
+    def _episodes(self, samples: list[dict], spec: SamplingSpec) -> list:
+        m = len(self.rollout)
+        bounds = [len(samples) * i // m for i in range(m + 1)]
+        active = [i for i in range(m) if bounds[i + 1] > bounds[i]]
+        args = [(samples[bounds[i]:bounds[i + 1]], spec, bounds[i]) for i in active]
+        results = self.rollout._wait(self.rollout.submit_each("run_episodes", args, active))
+        return [ep for chunk in results for ep in chunk]
+
     def _recovering(self, call: Callable[[], T]) -> T:
         """Run `call`, a phase that involves the engines. If it fails and an engine's process is
         gone (killed, OOM, node lost), restart that engine, rebuild the sync group, push the

@@ -1,7 +1,10 @@
 """The rollout worker: one inference engine (vLLM or HF) and its end of the weight sync."""
 from __future__ import annotations
 
+from typing import Any
+
 from parkrl.config import Config
+from parkrl.envs.runner import Episode
 from parkrl.models.loading import resolve_dtype
 from parkrl.rollout import Completion, SamplingSpec, make_engine
 from parkrl.workers.process import import_plugins, cpu_slot, peak_rss_gib, set_torch_threads
@@ -16,6 +19,7 @@ class RolloutWorker:
         import_plugins(cfg.trainer.imports)
         r = cfg.rollout
         self.rank = rank
+        self.cfg, self.model_path = cfg, model_path
         self.engine = make_engine(
             r.backend, model_path, dtype=str(resolve_dtype(r.dtype)).removeprefix("torch."),
             max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib, seed=cfg.trainer.seed + rank,
@@ -24,6 +28,21 @@ class RolloutWorker:
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
         return self.engine.generate(prompts, spec)
+
+    def run_episodes(self, samples: list[dict[str, Any]], spec: SamplingSpec, index_offset: int) -> list[Episode]:
+        """One multi-turn episode per sample, with `env.cls` environments, on this engine."""
+        from parkrl.collect import chat_prompt_ids
+        from parkrl.envs import EpisodeLimits, environment_factory, run_episodes
+        from parkrl.models import load_tokenizer
+
+        e = self.cfg.env
+        if not hasattr(self, "_episode_setup"):
+            tok = load_tokenizer(self.model_path)
+            self._episode_setup = (tok, environment_factory(e.cls, dict(e.args)))
+        tok, make_env = self._episode_setup
+        limits = EpisodeLimits(e.max_turns, e.max_total_tokens, self.cfg.rollout.max_model_len, e.workers)
+        return run_episodes(self.engine, make_env, samples, spec, tok, limits,
+                            lambda messages: chat_prompt_ids(tok, messages), index_offset)
 
     def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float) -> None:
         self.engine.join_sync_group(host, port, rank, world_size, backend, timeout_s)

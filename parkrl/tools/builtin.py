@@ -1,0 +1,62 @@
+"""The built-in tools: `calculator` and `python` (code run in the sandbox)."""
+from __future__ import annotations
+
+import ast
+import math
+import operator
+
+from parkrl.sandbox import SandboxLimits, run_python
+from parkrl.tools.base import Tool
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+        ast.USub: operator.neg, ast.UAdd: operator.pos}
+_FUNCS = {"sqrt": math.sqrt, "abs": abs, "round": round, "min": min, "max": max}
+
+
+class Calculator(Tool):
+    """Evaluates an arithmetic expression (+ - * / // % **, parentheses, sqrt/abs/round/min/max)
+    by walking its syntax tree: nothing else is ever executed."""
+
+    name = "calculator"
+    description = "Evaluate an arithmetic expression, e.g. (37 * 41) - 5."
+    parameters = {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}
+
+    def __call__(self, expression: str) -> str:
+        if len(expression) > 200:
+            raise ValueError("expression longer than 200 characters")
+        value = self._eval(ast.parse(str(expression), mode="eval").body)
+        if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+            value = int(value)
+        return str(value)
+
+    def _eval(self, node: ast.AST):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            left, right = self._eval(node.left), self._eval(node.right)
+            if isinstance(node.op, ast.Pow) and abs(right) > 64:
+                raise ValueError("exponent too large")
+            return _OPS[type(node.op)](left, right)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](self._eval(node.operand))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS and not node.keywords:
+            return _FUNCS[node.func.id](*[self._eval(a) for a in node.args])
+        raise ValueError(f"unsupported expression: {ast.unparse(node)}")
+
+
+class PythonTool(Tool):
+    """Runs Python code in the sandbox (parkrl.sandbox) and returns its output."""
+
+    name = "python"
+    description = "Run Python code and return what it prints."
+    parameters = {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}
+
+    def __init__(self, cpu_s: int = 5, wall_s: float = 10.0, memory_mb: int = 1024, output_chars: int = 1000) -> None:
+        self.limits = SandboxLimits(cpu_s=cpu_s, wall_s=wall_s, memory_mb=memory_mb, output_chars=output_chars)
+
+    def __call__(self, code: str) -> str:
+        return run_python(str(code), self.limits).observation()
+
+
+BUILTIN_TOOLS: dict[str, type[Tool]] = {"calculator": Calculator, "python": PythonTool}
