@@ -46,7 +46,7 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
                 part = generate(fleet, tokenizer, samples, spec, group_offset=drawn, mask_truncated=a.overlong_filter)
         drawn += len(samples)
         with timer("reward"):
-            scores, failed = episode_scores(part, reward_fn, tokenizer, cfg)
+            scores, failed = episode_scores(part, reward_fn, tokenizer, cfg, fleet)
             errors += failed
             part.add("scores", scores)
             part.add("rewards", overlong_shaped(scores, part, a, r.max_new_tokens))
@@ -116,18 +116,26 @@ def generate_episodes(fleet, samples: list[dict[str, Any]], spec: SamplingSpec, 
     return batch
 
 
-def episode_scores(batch: TrajectoryBatch, reward_fn: RewardFunction, tokenizer, cfg: Config) -> tuple[torch.Tensor, int]:
-    """Each sample's task score and how many reward calls failed: the reward function on the
-    completion (multi-turn: on the final assistant turn, when env.final_reward) plus the
-    environment's turn rewards."""
-    if "env_rewards" not in batch:
-        values, failed = score(reward_fn, tokenizer, batch.response_ids, batch.samples, cfg.reward.on_error)
-        return torch.tensor(values, dtype=torch.float32), failed
-    total = batch["env_rewards"].clone()
+def episode_scores(batch: TrajectoryBatch, reward_fn: RewardFunction, tokenizer, cfg: Config,
+                   fleet=None) -> tuple[torch.Tensor, int]:
+    """Each sample's task score and how many reward-function calls failed:
+
+        reward.weight * reward function + sum_k reward.models[k].weight * reward model k
+        (+ the environment's turn rewards in multi-turn episodes)
+
+    Reward function and models see the completion; in multi-turn episodes the final assistant
+    turn, and only when env.final_reward."""
+    multi_turn = "env_rewards" in batch
+    total = batch["env_rewards"].clone() if multi_turn else torch.zeros(len(batch))
     failed = 0
-    if cfg.env.final_reward:
-        values, failed = score(reward_fn, tokenizer, batch["final_ids"], batch.samples, cfg.reward.on_error)
-        total += torch.tensor(values, dtype=torch.float32)
+    if not multi_turn or cfg.env.final_reward:
+        ids = batch["final_ids"] if multi_turn else batch.response_ids
+        values, failed = score(reward_fn, tokenizer, ids, batch.samples, cfg.reward.on_error)
+        total += cfg.reward.weight * torch.tensor(values, dtype=torch.float32)
+        if cfg.reward.models:
+            texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+            prompts = [str(s.get("question", "")) for s in batch.samples]
+            total += torch.tensor(fleet.model_rewards(prompts, texts), dtype=torch.float32)
     return total, failed
 
 

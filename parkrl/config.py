@@ -97,10 +97,33 @@ class AlgorithmConfig:
 
 
 @dataclass
+class RoleResources:
+    num_workers: int = 1
+    # CPU cores per worker; also its torch thread count. Learner and rollout phases alternate,
+    # so on a small box both roles may claim every core (the default on 2 cores).
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass
+class RewardModelConfig:
+    # An AutoModelForSequenceClassification directory (or hub id, or the packaged alias
+    # all-minilm-l6-v2); its first logit is the score of (prompt, completion).
+    path: str = ""
+    weight: float = 1.0
+    max_length: int = 512  # tokens of prompt + completion; longer pairs are truncated
+    batch_size: int = 32
+    resources: RoleResources = field(default_factory=RoleResources)  # its workers
+
+
+@dataclass
 class RewardConfig:
     # Import path of a parkrl.RewardFunction subclass, and keyword arguments for it.
     cls: str = "parkrl.rewards.ReasoningGymReward"
     args: dict[str, Any] = field(default_factory=dict)
+    # A sample's score = weight * reward function + sum of each reward model's weight * score.
+    weight: float = 1.0
+    models: list[RewardModelConfig] = field(default_factory=list)
     # When the reward function raises: "raise" stops the run (naming the completion);
     # "zero" scores the failing completions 0 and counts them in reward/errors.
     on_error: str = "raise"
@@ -118,15 +141,6 @@ class EnvConfig:
     # Whether the run's reward function (reward.cls) also scores the final assistant turn; the
     # episode's score is that plus the sum of the environment's turn rewards.
     final_reward: bool = True
-
-
-@dataclass
-class RoleResources:
-    num_workers: int = 1
-    # CPU cores per worker; also its torch thread count. Learner and rollout phases alternate,
-    # so on a small box both roles may claim every core (the default on 2 cores).
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
 
 
 @dataclass
@@ -255,6 +269,13 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
             n = getattr(cfg.resources, role).num_workers
             if n != 1:
                 p.append(f"resources.{role}.num_workers={n}: trainer.runtime=local runs exactly 1")
+        if any(m.resources.num_workers != 1 for m in cfg.reward.models):
+            p.append("reward.models[].num_workers: trainer.runtime=local runs exactly 1 per model")
+    for k, m in enumerate(cfg.reward.models):
+        if not m.path:
+            p.append(f"reward.models[{k}].path: give the reward model's directory")
+        if m.resources.num_workers < 1 or m.batch_size < 1 or m.max_length < 1:
+            p.append(f"reward.models[{k}]: resources.num_workers, batch_size and max_length must be >= 1")
     _check_batch_sizes(cfg, p)
     if p:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(p))

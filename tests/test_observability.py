@@ -63,7 +63,7 @@ def test_plot_writes_a_png_per_curve(tmp_path, capsys):
     rows[-1]["eval/accuracy"] = 0.6
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert plot_main([str(tmp_path)]) == 0
-    names = {"reward", "eval_accuracy", "kl", "response_length", "timings", "overview"}
+    names = {"reward", "eval_accuracy", "kl", "response_length", "tool_use", "timings", "overview"}
     for name in names:
         png = (tmp_path / "plots" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -13,7 +13,7 @@ RECIPES = sorted(p.stem for p in (Path(CONF_DIR) / "recipe").glob("*.yaml"))
 
 
 def test_the_recipes_issue_names_are_shipped():
-    assert {"grpo", "drgrpo", "rloo", "reinforce_pp", "gspo"} <= set(RECIPES)
+    assert {"grpo", "ppo", "dapo", "drgrpo", "rloo", "reinforce_pp", "gspo", "multiturn_tool"} <= set(RECIPES)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

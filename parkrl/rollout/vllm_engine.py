@@ -43,6 +43,11 @@ class VLLMEngine:
             worker_extension_cls=EXTENSION,
             # Logprobs of the distribution actually sampled from (after temperature).
             logprobs_mode="processed_logprobs",
+            # Whole prompts only: a partly prefilled request with its own seed makes vLLM rewind
+            # the request's generator, which CPU generators cannot do (RuntimeError "CPU
+            # Generator does not use offset" once many long multi-turn prompts are in flight).
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(max_model_len, 8192),
         )
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:

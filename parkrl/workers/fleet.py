@@ -14,6 +14,7 @@ from parkrl.config import Config
 from parkrl.rollout import Completion, SamplingSpec
 from parkrl.workers.group import WorkerDied, WorkerError, WorkerGroup, WorkerTimeout, wait_all
 from parkrl.workers.learner import FSDPLearner
+from parkrl.workers.reward_model import RewardModelWorker
 from parkrl.workers.rollout import RolloutWorker
 
 T = TypeVar("T")
@@ -28,11 +29,17 @@ class Fleet:
         self.cfg = cfg
         self.restarts = 0  # rollout workers restarted so far
         self.learner = self.rollout = None
+        self.reward_models: list[WorkerGroup] = []
         try:
             self.learner = WorkerGroup("learner", FSDPLearner, res.learner, t.runtime, t.worker_timeout_s,
                                        lambda rank: (cfg, model_path, rank, n_learners))
             self.rollout = WorkerGroup("rollout", RolloutWorker, res.rollout, t.runtime, t.worker_timeout_s,
                                        lambda rank: (cfg, model_path, rank))
+            self.reward_models = [
+                WorkerGroup(f"reward_model{k}", RewardModelWorker, spec.resources, t.runtime, t.worker_timeout_s,
+                            lambda rank, spec=spec: (spec, rank))
+                for k, spec in enumerate(cfg.reward.models)
+            ]
             host, port = self.learner.call("free_address", ranks=[0])[0]
             self.learner.call("setup", host, port)
             self._metas = self.learner.call("weight_metas", ranks=[0])[0]
@@ -158,9 +165,21 @@ class Fleet:
     def save_hf(self, path: str) -> None:
         self.learner.call("save_hf", path)
 
+    def model_rewards(self, prompts: list[str], completions: list[str]) -> list[float]:
+        """Sum over `reward.models` of weight * score, pairs spread over each model's workers."""
+        total = [0.0] * len(prompts)
+        for group, spec in zip(self.reward_models, self.cfg.reward.models):
+            m = len(group)
+            bounds = [len(prompts) * i // m for i in range(m + 1)]
+            parts = group.call_each("score", [(prompts[bounds[i]:bounds[i + 1]], completions[bounds[i]:bounds[i + 1]])
+                                              for i in range(m)])
+            for i, v in enumerate(x for part in parts for x in part):
+                total[i] += spec.weight * v
+        return total
+
     def shutdown(self) -> None:
         """Shut every engine down first (frees its shared memory), then the learner ranks."""
-        for group in (self.rollout, self.learner):
+        for group in (self.rollout, self.learner, *self.reward_models):
             if group is not None:
                 try:
                     group.shutdown()
