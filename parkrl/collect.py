@@ -1,8 +1,9 @@
 """Collecting one step's batch: generate, score, shape rewards, and (DAPO) keep sampling until
 enough prompt groups carry a learning signal.
 
-Fields added to the batch: "scores" (the reward function's values, reported as reward/mean)
-and "rewards" (after overlong shaping; what the advantages are computed from).
+Fields added to the batch: "scores" (the combined reward: rule, reward models, environment;
+reported as reward/mean), "task_scores" (the rule reward alone: what dynamic sampling filters
+on) and "rewards" (scores after overlong shaping; what the advantages are computed from).
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
                 part = generate(fleet, tokenizer, samples, spec, group_offset=drawn, mask_truncated=a.overlong_filter)
         drawn += len(samples)
         with timer("reward"):
-            scores, failed = episode_scores(part, reward_fn, tokenizer, cfg, fleet)
+            scores, task_scores, failed = episode_scores(part, reward_fn, tokenizer, cfg, fleet)
+            part.add("task_scores", task_scores)
             errors += failed
             part.add("scores", scores)
             part.add("rewards", overlong_shaped(scores, part, a, r.max_new_tokens))
@@ -100,15 +102,15 @@ def generate_episodes(fleet, samples: list[dict[str, Any]], spec: SamplingSpec, 
     the fields "env_rewards", "final_ids" (last assistant turn) and "episode_info"."""
     rows = [(k, s) for k, s in enumerate(samples) for _ in range(spec.n)]
     episodes = fleet.episodes([s for _, s in rows], replace(spec, n=1))
-    truncated = [mask_truncated and ep.finish_reason != "done" for ep in episodes]
+    cut = [ep.finish_reason != "done" or ep.truncated for ep in episodes]  # ran out of turns or tokens
     batch = TrajectoryBatch(
         prompt_ids=[ep.prompt_ids for ep in episodes],
         response_ids=[ep.response_ids for ep in episodes],
-        loss_mask=[[0] * len(ep.loss_mask) if cut else ep.loss_mask for ep, cut in zip(episodes, truncated)],
+        loss_mask=[[0] * len(ep.loss_mask) if mask_truncated and c else ep.loss_mask for ep, c in zip(episodes, cut)],
         rollout_logprobs=[ep.logprobs for ep in episodes],
         group_ids=[group_offset + k for k, _ in rows],
         samples=[s for _, s in rows],
-        finish_reasons=["stop" if ep.finish_reason == "done" else "length" for ep in episodes],
+        finish_reasons=["length" if c else "stop" for c in cut],
     )
     batch.add("env_rewards", torch.tensor([ep.env_reward for ep in episodes], dtype=torch.float32))
     batch.add("final_ids", [ep.final_ids for ep in episodes])
@@ -117,26 +119,31 @@ def generate_episodes(fleet, samples: list[dict[str, Any]], spec: SamplingSpec, 
 
 
 def episode_scores(batch: TrajectoryBatch, reward_fn: RewardFunction, tokenizer, cfg: Config,
-                   fleet=None) -> tuple[torch.Tensor, int]:
-    """Each sample's task score and how many reward-function calls failed:
+                   fleet=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(score, task score, reward-function calls that failed) of each sample:
 
-        reward.weight * reward function + sum_k reward.models[k].weight * reward model k
-        (+ the environment's turn rewards in multi-turn episodes)
+        score      = reward.weight * reward function + sum_k reward.models[k].weight * model k
+                     (+ the environment's turn rewards in multi-turn episodes)
+        task score = the reward function's value (the environment's rewards when it alone scores):
+                     what eval/accuracy counts (`RewardFunction.is_correct`) and what DAPO's
+                     dynamic sampling filters on
 
     Reward function and models see the completion; in multi-turn episodes the final assistant
     turn, and only when env.final_reward."""
     multi_turn = "env_rewards" in batch
     total = batch["env_rewards"].clone() if multi_turn else torch.zeros(len(batch))
+    task = total.clone()
     failed = 0
     if not multi_turn or cfg.env.final_reward:
         ids = batch["final_ids"] if multi_turn else batch.response_ids
         values, failed = score(reward_fn, tokenizer, ids, batch.samples, cfg.reward.on_error)
-        total += cfg.reward.weight * torch.tensor(values, dtype=torch.float32)
+        task = torch.tensor(values, dtype=torch.float32)
+        total += cfg.reward.weight * task
         if cfg.reward.models:
             texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
             prompts = [str(s.get("question", "")) for s in batch.samples]
             total += torch.tensor(fleet.model_rewards(prompts, texts), dtype=torch.float32)
-    return total, failed
+    return total, task, failed
 
 
 def episode_metrics(batch: TrajectoryBatch) -> dict[str, float]:
@@ -196,13 +203,15 @@ def score(reward_fn: RewardFunction, tokenizer, response_ids: list[list[int]],
 
 
 def overlong_shaped(scores: torch.Tensor, batch: TrajectoryBatch, a: AlgorithmConfig, max_new_tokens: int) -> torch.Tensor:
-    """DAPO's soft overlong punishment: with `algorithm.overlong_buffer = B > 0`, a completion of
+    """DAPO's soft overlong punishment: with `algorithm.overlong_buffer = B > 0`, a completion (in
+    multi-turn episodes: the final assistant turn, whose budget is max_new_tokens) of
     length L > max_new_tokens - B loses overlong_penalty * (L - (max_new_tokens - B)) / B
     (the full penalty at the budget); shorter ones are unchanged."""
     if a.overlong_buffer <= 0:
         return scores.clone()
     start = max_new_tokens - a.overlong_buffer
-    lengths = torch.tensor([len(x) for x in batch.response_ids], dtype=torch.float32)
+    turns = batch["final_ids"] if "final_ids" in batch else batch.response_ids  # multi-turn: the answer turn
+    lengths = torch.tensor([len(x) for x in turns], dtype=torch.float32)
     return scores - a.overlong_penalty * ((lengths - start).clamp(min=0) / a.overlong_buffer).clamp(max=1.0)
 
 
@@ -214,7 +223,7 @@ def split_by_signal(batch: TrajectoryBatch) -> tuple[TrajectoryBatch, Trajectory
     by_group: dict[int, list[int]] = {}
     for i, g in enumerate(batch.group_ids):
         by_group.setdefault(g, []).append(i)
-    rewards = batch["scores"].tolist()
+    rewards = batch["task_scores"].tolist()
     informative = [i for rows in by_group.values() if len({rewards[j] for j in rows}) > 1 for i in rows]
     flat = [i for rows in by_group.values() if len({rewards[j] for j in rows}) <= 1 for i in rows]
     return batch.select(informative), batch.select(flat)

@@ -116,9 +116,9 @@ def evaluate(fleet: Fleet, tokenizer, reward_fn: RewardFunction, eval_samples: l
         batch = generate_episodes(fleet, eval_samples, spec)
     else:
         batch = generate(fleet, tokenizer, eval_samples, spec)
-    scores, _ = episode_scores(batch, reward_fn, tokenizer, cfg, fleet)
+    scores, task, _ = episode_scores(batch, reward_fn, tokenizer, cfg, fleet)
     return {
-        "eval/accuracy": sum(reward_fn.is_correct(v) for v in scores.tolist()) / len(scores),
+        "eval/accuracy": sum(reward_fn.is_correct(v) for v in task.tolist()) / len(task),
         "eval/reward_mean": scores.mean().item(),
         **{k.replace("env/", "eval/"): v for k, v in episode_metrics(batch).items()},
     }

@@ -10,12 +10,13 @@ from parkrl.rewards import RewardFunction
 from parkrl.rollout import Completion
 
 
-def rows(lengths, groups, scores=None, rewards=None) -> TrajectoryBatch:
+def rows(lengths, groups, scores=None, rewards=None, task_scores=None) -> TrajectoryBatch:
     n = len(lengths)
     b = TrajectoryBatch([[1]] * n, [[5] * L for L in lengths], [[1] * L for L in lengths],
                         [[0.0] * L for L in lengths], groups, [{}] * n, ["stop"] * n)
     if scores is not None:
         b.add("scores", torch.tensor(scores))
+        b.add("task_scores", torch.tensor(task_scores if task_scores is not None else scores))
         b.add("rewards", torch.tensor(rewards if rewards is not None else scores))
     return b
 
@@ -35,6 +36,9 @@ def test_split_by_signal_keeps_whole_groups_and_judges_by_score():
     # all right, but overlong shaping made the rewards differ: still no accuracy signal
     shaped = rows([1] * 2, [0, 0], scores=[1.0, 1.0], rewards=[1.0, 0.4])
     assert len(split_by_signal(shaped)[0]) == 0
+    # reward models make scores differ; the task score (what the filter reads) does not
+    modelled = rows([1] * 2, [0, 0], scores=[1.13, 0.97], task_scores=[1.0, 1.0])
+    assert len(split_by_signal(modelled)[0]) == 0
 
 
 class FakeFleet:

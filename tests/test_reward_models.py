@@ -73,9 +73,9 @@ def test_model_and_rule_rewards_combine_by_weight(minilm_with_head, tiny_model_d
                         lambda r: (cfg.reward.models[0], r))
     fleet = SimpleNamespace(reward_models=[group], cfg=cfg)
     fleet.model_rewards = lambda p, c: Fleet.model_rewards(fleet, p, c)
-    scores, failed = episode_scores(batch, MatchAnswerReward(), tok, cfg, fleet)
+    scores, task, failed = episode_scores(batch, MatchAnswerReward(), tok, cfg, fleet)
     group.shutdown()
     rule = [1.0, 1.0, 0.0, 0.0, 0.0]
     model = direct_scores(minilm_with_head)
-    assert failed == 0
+    assert failed == 0 and task.tolist() == rule  # eval accuracy and dynamic sampling read the rule score
     assert scores.tolist() == pytest.approx([0.5 * r - m for r, m in zip(rule, model)], abs=1e-5)

@@ -39,93 +39,119 @@ class Episode:
     env_reward: float = 0.0
     turns: int = 0
     finish_reason: str = ""  # done | max_turns | max_tokens
+    truncated: bool = False  # the last assistant turn was cut at its token budget
     info: dict[str, float] = field(default_factory=dict)
 
 
 def cut_at_stop(c: Completion, stop: tuple[str, ...], tokenizer) -> Completion:
-    """The completion up to and including the first token that completes a stop string."""
+    """The completion up to and including the first token that completes a stop string (an
+    engine that honours stop strings, like vLLM, returns it already cut: one decode)."""
     if not stop or not any(s in tokenizer.decode(c.token_ids) for s in stop):
         return c
-    for k in range(1, len(c.token_ids) + 1):
-        if any(s in tokenizer.decode(c.token_ids[:k]) for s in stop):
-            return Completion(c.token_ids[:k], c.logprobs[:k], "stop")
-    return c
+    k = len(c.token_ids)
+    while k > 1 and any(s in tokenizer.decode(c.token_ids[: k - 1]) for s in stop):
+        k -= 1
+    return Completion(c.token_ids[:k], c.logprobs[:k], "stop")
 
 
 def run_episodes(engine, make_env: Callable[[], Environment], samples: list[dict[str, Any]], spec: SamplingSpec,
                  tokenizer, limits: EpisodeLimits, prompt_ids: Callable[[list[dict]], list[int]],
                  index_offset: int = 0) -> list[Episode]:
-    """Run one episode per sample on `engine` (which offers `submit(id, prompt_ids, spec)` and
-    `poll() -> [(id, Completion)]`); returns the episodes in sample order."""
-    turns = TurnTokens(tokenizer)
-    envs = [make_env() for _ in samples]
-    if envs:  # the environment's stop strings end a turn (e.g. after a tool call)
-        spec = replace(spec, stop=tuple(dict.fromkeys(spec.stop + tuple(envs[0].stop))))
-    episodes = [Episode(prompt_ids(env.reset(s))) for env, s in zip(envs, samples)]
-    in_engine: set[int] = set()
-    stepping: dict[cf.Future, tuple[int, Completion]] = {}
-
-    def submit(i: int, budget: int) -> None:
-        ep = episodes[i]
-        seed = spec.seed + (index_offset + i) * SEED_STRIDE + ep.turns
-        engine.submit(str(i), ep.prompt_ids + ep.response_ids, replace(spec, n=1, seed=seed, max_new_tokens=budget))
-        in_engine.add(i)
-
-    for i, ep in enumerate(episodes):
-        room = limits.max_model_len - len(ep.prompt_ids)
-        if room <= 0:
-            raise ValueError(f"sample {index_offset + i}: the first prompt has {len(ep.prompt_ids)} tokens, "
-                             f"rollout.max_model_len={limits.max_model_len}")
-        submit(i, min(spec.max_new_tokens, limits.max_total_tokens, room))
-
-    with cf.ThreadPoolExecutor(limits.workers, thread_name_prefix="env") as pool:
-        while in_engine or stepping:
-            if in_engine:
-                for rid, completion in engine.poll():
-                    i = int(rid)
-                    in_engine.discard(i)
-                    c = cut_at_stop(completion, spec.stop, tokenizer)
-                    ep = episodes[i]
-                    ep.response_ids += c.token_ids
-                    ep.loss_mask += [1] * len(c.token_ids)
-                    ep.logprobs += c.logprobs if c.logprobs else [0.0] * len(c.token_ids)
-                    ep.final_ids, ep.turns = list(c.token_ids), ep.turns + 1
-                    text = tokenizer.decode(c.token_ids, skip_special_tokens=True)
-                    stepping[pool.submit(envs[i].step, text)] = (i, c)
-            if stepping:
-                done, _ = cf.wait(list(stepping), timeout=0 if in_engine else None, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    i, c = stepping.pop(future)
-                    _after_step(i, c, future, episodes[i], turns, limits, spec, submit, index_offset)
-    return episodes
+    """Run one episode per sample on `engine` (which offers `submit(id, prompt_ids, spec)`,
+    `poll() -> [(id, Completion)]` and `abort(ids)`); returns the episodes in sample order."""
+    return _EpisodeLoop(engine, make_env, samples, spec, tokenizer, limits, prompt_ids, index_offset).run()
 
 
-def _after_step(i: int, c: Completion, future: cf.Future, ep: Episode, turns: TurnTokens, limits: EpisodeLimits,
-                spec: SamplingSpec, submit: Callable[[int, int], None], index_offset: int) -> None:
-    """Record the environment's answer; end the episode or queue its next assistant turn."""
-    try:
-        result: StepResult = future.result()
-    except Exception as e:
-        raise RuntimeError(f"environment step of sample {index_offset + i} (turn {ep.turns}) raised: "
-                           f"{type(e).__name__}: {e}") from e
-    ep.env_reward += float(result.reward)
-    for key, value in result.info.items():
-        if isinstance(value, (int, float)):
-            ep.info[key] = ep.info.get(key, 0.0) + float(value)
-    if result.done:
-        ep.finish_reason = "done"
-        return
-    if ep.turns >= limits.max_turns:
-        ep.finish_reason = "max_turns"
-        return
-    ended_with_eos = bool(c.token_ids) and c.token_ids[-1] == turns.eos_id
-    obs = turns.observation_ids(result.observation, ended_with_eos)
-    used = len(ep.response_ids) + len(obs)
-    budget = min(spec.max_new_tokens, limits.max_total_tokens - used, limits.max_model_len - len(ep.prompt_ids) - used)
-    if budget <= 0:
-        ep.finish_reason = "max_tokens"
-        return
-    ep.response_ids += obs
-    ep.loss_mask += [0] * len(obs)
-    ep.logprobs += [0.0] * len(obs)
-    submit(i, budget)
+class _EpisodeLoop:
+    """The state of one `run_episodes` call: episodes, their environments, what is in flight."""
+
+    def __init__(self, engine, make_env, samples, spec, tokenizer, limits, prompt_ids, index_offset) -> None:
+        self.engine, self.tokenizer, self.limits, self.offset = engine, tokenizer, limits, index_offset
+        self.turns = TurnTokens(tokenizer)
+        self.envs = [make_env() for _ in samples]
+        if self.envs:  # the environment's stop strings end a turn (e.g. after a tool call)
+            spec = replace(spec, stop=tuple(dict.fromkeys(spec.stop + tuple(self.envs[0].stop))))
+        self.spec = spec
+        self.episodes = [Episode(prompt_ids(env.reset(s))) for env, s in zip(self.envs, samples)]
+        self.in_engine: set[int] = set()
+        self.stepping: dict[cf.Future, tuple[int, Completion]] = {}
+
+    def run(self) -> list[Episode]:
+        for i, ep in enumerate(self.episodes):
+            room = self.limits.max_model_len - len(ep.prompt_ids)
+            if room <= 0:
+                raise ValueError(f"sample {self.offset + i}: the first prompt has {len(ep.prompt_ids)} tokens, "
+                                 f"rollout.max_model_len={self.limits.max_model_len}")
+        pool = cf.ThreadPoolExecutor(self.limits.workers, thread_name_prefix="env")
+        try:
+            for i, ep in enumerate(self.episodes):
+                self._submit(i, min(self.spec.max_new_tokens, self.limits.max_total_tokens,
+                                    self.limits.max_model_len - len(ep.prompt_ids)))
+            while self.in_engine or self.stepping:
+                if self.in_engine:
+                    for rid, completion in self.engine.poll():
+                        self._assistant_turn(int(rid.split(":")[0]), completion, pool)
+                if self.stepping:
+                    done, _ = cf.wait(list(self.stepping), timeout=0 if self.in_engine else None,
+                                      return_when=cf.FIRST_COMPLETED)
+                    for future in done:
+                        i, c = self.stepping.pop(future)
+                        self._environment_turn(i, c, future)
+        finally:  # on an error leave nothing running: requests in the engine, queued environment steps
+            if self.in_engine:
+                self.engine.abort([self._request_id(i) for i in self.in_engine])
+            pool.shutdown(wait=False, cancel_futures=True)
+        return self.episodes
+
+    def _request_id(self, i: int) -> str:
+        return f"{i}:{self.episodes[i].turns}"  # one id per turn: never reused while vLLM may still hold it
+
+    def _submit(self, i: int, budget: int) -> None:
+        ep = self.episodes[i]
+        seed = self.spec.seed + (self.offset + i) * SEED_STRIDE + ep.turns
+        self.engine.submit(self._request_id(i), ep.prompt_ids + ep.response_ids,
+                           replace(self.spec, n=1, seed=seed, max_new_tokens=budget))
+        self.in_engine.add(i)
+
+    def _assistant_turn(self, i: int, completion: Completion, pool: cf.ThreadPoolExecutor) -> None:
+        """Append the sampled turn (loss mask 1) and hand its text to the environment."""
+        self.in_engine.discard(i)
+        c = cut_at_stop(completion, self.spec.stop, self.tokenizer)
+        ep = self.episodes[i]
+        ep.response_ids += c.token_ids
+        ep.loss_mask += [1] * len(c.token_ids)
+        ep.logprobs += c.logprobs if c.logprobs else [0.0] * len(c.token_ids)
+        ep.final_ids, ep.turns, ep.truncated = list(c.token_ids), ep.turns + 1, c.finish_reason == "length"
+        text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+        self.stepping[pool.submit(self.envs[i].step, text)] = (i, c)
+
+    def _environment_turn(self, i: int, c: Completion, future: cf.Future) -> None:
+        """Record the environment's answer; end the episode or queue its next assistant turn."""
+        ep, limits = self.episodes[i], self.limits
+        try:
+            result: StepResult = future.result()
+        except Exception as e:
+            raise RuntimeError(f"environment step of sample {self.offset + i} (turn {ep.turns}) raised: "
+                               f"{type(e).__name__}: {e}") from e
+        ep.env_reward += float(result.reward)
+        for key, value in result.info.items():
+            if isinstance(value, (int, float)):
+                ep.info[key] = ep.info.get(key, 0.0) + float(value)
+        if result.done:
+            ep.finish_reason = "done"
+            return
+        if ep.turns >= limits.max_turns:
+            ep.finish_reason = "max_turns"
+            return
+        ended_with_eos = bool(c.token_ids) and c.token_ids[-1] == self.turns.eos_id
+        obs = self.turns.observation_ids(result.observation, ended_with_eos)
+        used = len(ep.response_ids) + len(obs)
+        budget = min(self.spec.max_new_tokens, limits.max_total_tokens - used,
+                     limits.max_model_len - len(ep.prompt_ids) - used)
+        if budget <= 0:
+            ep.finish_reason = "max_tokens"
+            return
+        ep.response_ids += obs
+        ep.loss_mask += [0] * len(obs)
+        ep.logprobs += [0.0] * len(obs)
+        self._submit(i, budget)

@@ -61,6 +61,10 @@ class HFEngine:
         self._queue = getattr(self, "_queue", [])
         self._queue.append((request_id, prompt_ids, spec))
 
+    def abort(self, request_ids: list[str]) -> None:
+        drop = set(request_ids)
+        self._queue = [q for q in getattr(self, "_queue", []) if q[0] not in drop]
+
     def poll(self) -> list[tuple[str, Completion]]:
         """Generate every queued request (one batch per distinct budget); returns them all."""
         queue, self._queue = getattr(self, "_queue", []), []

@@ -67,6 +67,12 @@ class VLLMEngine:
         self._wants_logprobs[request_id] = spec.logprobs
         self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), _params(spec, spec.seed))
 
+    def abort(self, request_ids: list[str]) -> None:
+        """Drop requests still in the engine (an episode loop that failed)."""
+        self.llm.llm_engine.abort_request(list(request_ids))
+        for rid in request_ids:
+            self._wants_logprobs.pop(rid, None)
+
     def poll(self) -> list[tuple[str, Completion]]:
         """Run one engine step; returns the requests that finished in it."""
         done = []

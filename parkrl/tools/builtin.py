@@ -14,6 +14,18 @@ _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
 _FUNCS = {"sqrt": math.sqrt, "abs": abs, "round": round, "min": min, "max": max}
 
 
+MAX_BITS = 4096  # results beyond this are refused before they are computed (no worker stalls)
+
+
+def _check_size(op: ast.operator, left, right) -> None:
+    """Refuse operations whose result would exceed MAX_BITS, estimated from the operands."""
+    bits = lambda x: abs(int(x)).bit_length() if abs(x) >= 1 else 1  # noqa: E731
+    if isinstance(op, ast.Pow) and abs(left) > 1 and (abs(right) > MAX_BITS or bits(left) * abs(right) > MAX_BITS):
+        raise ValueError("the result is too large")
+    if isinstance(op, ast.Mult) and bits(left) + bits(right) > MAX_BITS:
+        raise ValueError("the result is too large")
+
+
 class Calculator(Tool):
     """Evaluates an arithmetic expression (+ - * / // % **, parentheses, sqrt/abs/round/min/max)
     by walking its syntax tree: nothing else is ever executed."""
@@ -35,8 +47,7 @@ class Calculator(Tool):
             return node.value
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             left, right = self._eval(node.left), self._eval(node.right)
-            if isinstance(node.op, ast.Pow) and abs(right) > 64:
-                raise ValueError("exponent too large")
+            _check_size(node.op, left, right)
             return _OPS[type(node.op)](left, right)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](self._eval(node.operand))

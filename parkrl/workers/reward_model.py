@@ -9,9 +9,9 @@ from parkrl.workers.process import peak_rss_gib, set_torch_threads
 
 
 class RewardModelWorker:
-    """One replica of a reward model. Pairs are encoded as the tokenizer's text pair
-    (prompt, completion), so a cross-encoder (BERT-style) or a decoder with a classification
-    head both work; the score is the first logit."""
+    """One replica of a reward model; the score is the first logit. A decoder with a chat
+    template (e.g. SmolLM2 with a classification head) reads the conversation in its template;
+    a cross-encoder (BERT-style) reads the (prompt, completion) text pair."""
 
     def __init__(self, spec: RewardModelConfig, rank: int) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -32,11 +32,21 @@ class RewardModelWorker:
         """The model's score of every (prompt, completion) pair, batched."""
         out: list[float] = []
         for k in range(0, len(prompts), self.spec.batch_size):
-            enc = self.tokenizer(prompts[k:k + self.spec.batch_size], completions[k:k + self.spec.batch_size],
-                                 truncation=True, max_length=self.spec.max_length, padding=True, return_tensors="pt")
+            enc = self._encode(prompts[k:k + self.spec.batch_size], completions[k:k + self.spec.batch_size])
             logits = self.model(**enc.to(self.device)).logits
             out += logits[:, 0].float().cpu().tolist()
         return out
+
+    def _encode(self, prompts: list[str], completions: list[str]):
+        """A chat model's own template (user prompt, assistant completion), cut from the left so
+        the end of the completion survives; otherwise a text pair with only the prompt cut."""
+        tok, n = self.tokenizer, self.spec.max_length
+        if tok.chat_template:
+            texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+                                             tokenize=False) for p, c in zip(prompts, completions)]
+            tok.truncation_side = "left"
+            return tok(texts, truncation=True, max_length=n, padding=True, return_tensors="pt", add_special_tokens=False)
+        return tok(prompts, completions, truncation="only_first", max_length=n, padding=True, return_tensors="pt")
 
     def peak_rss_gib(self) -> float:
         return peak_rss_gib()
