@@ -103,6 +103,11 @@ class RoleResources:
     # so on a small box both roles may claim every core (the default on 2 cores).
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    # Multi-node placement: Ray custom resources each worker needs (nodes started with
+    # `ray start --resources='{"rollout_node": 8}'` offer them) and node labels each worker's
+    # node must carry (`ray start --labels='{"pool": "inference"}'`).
+    custom_resources: dict[str, float] = field(default_factory=dict)
+    node_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

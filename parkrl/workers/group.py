@@ -53,7 +53,9 @@ class WorkerGroup:
         if runtime == "ray":
             from ray.util.placement_group import placement_group
 
-            self._pg = placement_group([self._bundle() for _ in range(n)], strategy="PACK", name=f"parkrl-{role}")
+            labels = dict(resources.node_labels)
+            self._pg = placement_group([self._bundle() for _ in range(n)], strategy="PACK", name=f"parkrl-{role}",
+                                       bundle_label_selector=[labels] * n if labels else None)
             if not self._pg.wait(timeout_s):
                 from ray.util.placement_group import remove_placement_group
 
@@ -69,10 +71,17 @@ class WorkerGroup:
             self.workers = self._wait(Pending(self, "__init__", list(range(n)), made))
 
     def _bundle(self) -> dict[str, float]:
-        bundle = {"CPU": self._resources.cpus_per_worker}
+        bundle = {"CPU": self._resources.cpus_per_worker, **self._resources.custom_resources}
         if self._resources.gpus_per_worker:
             bundle["GPU"] = self._resources.gpus_per_worker
         return bundle
+
+    def node_ids(self) -> list[str]:
+        """The Ray node each worker was placed on (Ray only), in rank order."""
+        from ray.util.placement_group import placement_group_table
+
+        bundles = placement_group_table(self._pg)["bundles_to_node_id"]
+        return [bundles[i] for i in range(len(self.workers))]
 
     def _start_actor(self, rank: int) -> Any:
         import ray
@@ -81,6 +90,7 @@ class WorkerGroup:
         return ray.remote(self._cls).options(
             num_cpus=self._resources.cpus_per_worker,
             num_gpus=self._resources.gpus_per_worker,
+            resources=dict(self._resources.custom_resources) or None,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=rank),
         ).remote(*self._init_args(rank))
 
