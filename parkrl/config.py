@@ -65,6 +65,12 @@ class LearnerConfig:
     micro_batch_size: int = 16  # samples per forward/backward on one learner rank
     gradient_checkpointing: bool = False
     critic_lr: float = 1e-5  # the value model's learning rate (advantage=gae only)
+    # LoRA (PEFT): rank > 0 trains adapters on `lora_targets` and freezes the policy's other
+    # weights; the engines receive merged weights. 0 = full fine-tuning. (The critic trains fully.)
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                             "up_proj", "down_proj"])
 
 
 @dataclass
@@ -206,7 +212,7 @@ _POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "ro
              "resources.rollout.num_workers", "trainer.worker_timeout_s", "trainer.sync_timeout_s",
              "data.eval_size", "data.train_size", "trainer.keep_checkpoints", "trainer.max_nonfinite_steps",
              "env.max_turns", "env.max_total_tokens", "env.workers")
-_NON_NEGATIVE = ("rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
+_NON_NEGATIVE = ("learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
                  "trainer.max_worker_restarts", "trainer.samples_per_step")
 
 

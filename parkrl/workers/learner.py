@@ -30,6 +30,7 @@ from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLI
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
 from parkrl.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
+from parkrl.models.lora import add_lora, merged_state, plain_names
 from parkrl.models.response import PaddedBatch, ResponseLogprobs, ResponseValues, pad_samples
 from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors
 from parkrl.sync.group import free_port, init_sync_group, node_ip
@@ -78,7 +79,8 @@ class FSDPLearner:
         self.pad_id = load_tokenizer(self.model_path).pad_token_id
         lc, a = self.cfg.learner, self.cfg.algorithm
         self.policy = self._sharded(ResponseLogprobs, trainable=True)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
+        trainable = [p for p in self.policy.parameters() if p.requires_grad]  # LoRA: the adapters only
+        self.optimizer = torch.optim.AdamW(trainable, lr=lc.lr, weight_decay=lc.weight_decay)
         self.reference = None
         if a.kl_coef > 0:
             self.reference = self._sharded(ResponseLogprobs, trainable=False)
@@ -91,6 +93,9 @@ class FSDPLearner:
         """Load the model, wrap it (`ResponseLogprobs` or `ResponseValues`) and apply FSDP2:
         every decoder layer, then the root (embeddings, output head)."""
         lm = load_causal_lm(self.model_path, torch.float32).to(self.device)
+        lc = self.cfg.learner
+        if trainable and head is ResponseLogprobs and lc.lora_rank > 0:
+            lm = add_lora(lm, lc.lora_rank, lc.lora_alpha, lc.lora_targets)
         if trainable and self.cfg.learner.gradient_checkpointing:
             lm.gradient_checkpointing_enable()
         model = head(lm, self.cfg.rollout.temperature) if head is ResponseLogprobs else head(lm)
@@ -252,13 +257,16 @@ class FSDPLearner:
 
     # ---- weight sync and saving ---------------------------------------------------------------
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Collective: the unsharded policy weights, on rank 0's CPU (empty on other ranks)."""
-        return get_model_state_dict(self.policy.lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        """Collective: the unsharded policy weights (LoRA adapters merged in), on rank 0's CPU
+        (empty on other ranks)."""
+        state = get_model_state_dict(self.policy.lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        lc = self.cfg.learner
+        return merged_state(state, lc.lora_alpha / lc.lora_rank) if lc.lora_rank > 0 and state else state
 
     def weight_metas(self) -> list:
         """Names, dtypes and global shapes of the weights as sent to the engines (wire format)."""
         dtype = resolve_dtype(self.cfg.rollout.dtype)
-        return [m.to_wire() for m in metas_of(self.policy.lm.state_dict().items(), dtype)]
+        return [m.to_wire() for m in metas_of(plain_names(self.policy.lm.state_dict().items()), dtype)]
 
     def join_sync_group(self, host: str, port: int, world_size: int, backend: str) -> None:
         """Rank 0 only: join the sync group as its rank 0 (hosting its store)."""
