@@ -62,7 +62,10 @@ class LearnerConfig:
     grad_clip: float = 1.0
     mini_batches: int = 1  # optimizer steps per epoch over one step's samples
     epochs: int = 1  # passes over one step's samples
-    micro_batch_size: int = 16  # samples per forward/backward on one learner rank
+    micro_batch_size: int = 16  # samples per forward/backward on one learner rank (at most)
+    # > 0: micro-batches sized by padded tokens (rows x longest row) instead: short samples go
+    # many to a pass, long ones few, at most micro_batch_size each. 0 = fixed micro_batch_size.
+    max_tokens_per_micro_batch: int = 0
     gradient_checkpointing: bool = False
     critic_lr: float = 1e-5  # the value model's learning rate (advantage=gae only)
     # LoRA (PEFT): rank > 0 trains adapters on `lora_targets` and freezes the policy's other
@@ -212,7 +215,7 @@ _POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "ro
              "resources.rollout.num_workers", "trainer.worker_timeout_s", "trainer.sync_timeout_s",
              "data.eval_size", "data.train_size", "trainer.keep_checkpoints", "trainer.max_nonfinite_steps",
              "env.max_turns", "env.max_total_tokens", "env.workers")
-_NON_NEGATIVE = ("learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
+_NON_NEGATIVE = ("learner.max_tokens_per_micro_batch", "learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
                  "trainer.max_worker_restarts", "trainer.samples_per_step")
 
 

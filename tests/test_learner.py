@@ -19,9 +19,10 @@ def random_batch(n: int = 8) -> TrajectoryBatch:
     return batch
 
 
-def grad_norm_and_loss(model_dir: str, micro_batch_size: int) -> tuple[float, float]:
+def grad_norm_and_loss(model_dir: str, micro_batch_size: int, max_tokens: int = 0) -> tuple[float, float]:
     cfg = Config()
     cfg.learner.dtype, cfg.learner.micro_batch_size, cfg.learner.grad_clip = "float32", micro_batch_size, 1e9
+    cfg.learner.max_tokens_per_micro_batch = max_tokens
     learner = FSDPLearner(cfg, model_dir, rank=0, world_size=1)
     learner.setup(*learner.free_address())
     metrics = learner.update(random_batch())
@@ -34,3 +35,10 @@ def test_micro_batch_size_does_not_change_the_gradient(tiny_model_dir):
     assert one_by_one[0] > 0
     assert one_by_one[0] == pytest.approx(all_at_once[0], rel=1e-4)
     assert one_by_one[1] == pytest.approx(all_at_once[1], rel=1e-4, abs=1e-7)
+
+
+def test_token_budget_micro_batches_do_not_change_the_gradient(tiny_model_dir):
+    fixed = grad_norm_and_loss(tiny_model_dir, 8)
+    budget = grad_norm_and_loss(tiny_model_dir, 8, max_tokens=24)  # 2-3 short samples per pass, long ones alone
+    assert budget[0] == pytest.approx(fixed[0], rel=1e-4)
+    assert budget[1] == pytest.approx(fixed[1], rel=1e-4, abs=1e-7)

@@ -30,6 +30,7 @@ from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLI
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
 from parkrl.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
+from parkrl.microbatch import plan_micro_batches
 from parkrl.models.lora import add_lora, merged_state, plain_names
 from parkrl.models.response import PaddedBatch, ResponseLogprobs, ResponseValues, pad_samples
 from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors
@@ -109,12 +110,11 @@ class FSDPLearner:
 
     # ---- logprobs and update ------------------------------------------------------------------
     def _micro_batches(self, batch: TrajectoryBatch) -> list[tuple[list[int], PaddedBatch]]:
-        """Micro-batches of similar-length samples (less padding), with their row indices."""
-        order = sorted(range(len(batch)), key=lambda i: len(batch.prompt_ids[i]) + len(batch.response_ids[i]))
-        size = self.cfg.learner.micro_batch_size
+        """Micro-batches of similar-length samples (parkrl.microbatch), with their row indices."""
+        lc = self.cfg.learner
+        lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
         out = []
-        for k in range(0, len(order), size):
-            rows = order[k : k + size]
+        for rows in plan_micro_batches(lengths, lc.micro_batch_size, lc.max_tokens_per_micro_batch):
             padded = pad_samples([batch.prompt_ids[i] for i in rows], [batch.response_ids[i] for i in rows],
                                  [batch.loss_mask[i] for i in rows], self.pad_id)
             out.append((rows, padded.to(self.device)))
