@@ -80,7 +80,7 @@ def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
     def flat(d: dict, prefix: str = "") -> dict[str, Any]:
         out = {}
         for k, v in d.items():
-            if isinstance(v, dict) and not (prefix.endswith("args.") or k.endswith("args")):
+            if isinstance(v, dict) and not k.endswith("args"):
                 out.update(flat(v, f"{prefix}{k}."))
             else:
                 out[f"{prefix}{k}"] = v

@@ -41,10 +41,7 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
                             seed=cfg.trainer.seed * 1_000_003 + step * 10_007 + rnd * 7_919_993)
         samples = data.next_prompts(want)
         with timer("generate"):
-            if cfg.env.cls:
-                part = generate_episodes(fleet, samples, spec, group_offset=drawn, mask_truncated=a.overlong_filter)
-            else:
-                part = generate(fleet, tokenizer, samples, spec, group_offset=drawn, mask_truncated=a.overlong_filter)
+            part = rollout(fleet, tokenizer, samples, spec, cfg, group_offset=drawn, mask_truncated=a.overlong_filter)
         drawn += len(samples)
         with timer("reward"):
             scores, task_scores, failed = episode_scores(part, reward_fn, tokenizer, cfg, fleet)
@@ -72,6 +69,14 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
         "rollout/filled_groups": float(max(0, want - sum(len(b) for b in kept) // r.n)),
         "reward/errors": float(errors),
     }
+
+
+def rollout(fleet, tokenizer, samples: list[dict[str, Any]], spec: SamplingSpec, cfg: Config, group_offset: int = 0,
+            mask_truncated: bool = False) -> TrajectoryBatch:
+    """spec.n completions per sample: multi-turn episodes when `env.cls` is set, else single turns."""
+    if cfg.env.cls:
+        return generate_episodes(fleet, samples, spec, group_offset, mask_truncated)
+    return generate(fleet, tokenizer, samples, spec, group_offset, mask_truncated)
 
 
 def generate(fleet, tokenizer, samples: list[dict[str, Any]], spec: SamplingSpec, group_offset: int = 0,

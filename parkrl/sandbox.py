@@ -20,7 +20,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 
 # Runs inside the child interpreter before the user's code: limits, network namespace, hook.
@@ -74,15 +73,14 @@ def _confine(argv):
     readable = (root,) + tuple(sorted({norm(os.path.realpath(p)) for p in (*sys.path, sys.prefix, sys.base_prefix,
                                                                                sys.exec_prefix) if p and os.path.isdir(p)}))
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    blocked = dict(**{"socket.__new__": "opening a network socket", "socket.connect": "network access",
+    blocked = tuple({"socket.__new__": "opening a network socket", "socket.connect": "network access",
                "os.fork": "starting processes", "os.forkpty": "starting processes", "os.system": "starting processes",
                "os.exec": "starting processes", "os.posix_spawn": "starting processes", "os.spawn": "starting processes",
                "subprocess.Popen": "starting processes", "os.kill": "signalling processes",
                "os.killpg": "signalling processes", "ctypes.dlopen": "ctypes", "ctypes.dlsym": "ctypes",
                "ctypes.cdata": "ctypes", "ctypes.call_function": "ctypes", "os.symlink": "making links",
                "os.link": "making links", "gc.get_objects": "inspecting objects", "gc.get_referrers": "inspecting objects",
-               "gc.get_referents": "inspecting objects", "sys.addaudithook": "audit hooks"})
-    blocked = tuple(blocked.items())  # immutable
+               "gc.get_referents": "inspecting objects", "sys.addaudithook": "audit hooks"}.items())  # immutable
     blocked_names = frozenset(k for k, _ in blocked)
     no_import = frozenset({"_posixsubprocess", "_ctypes", "ctypes", "_xxsubinterpreters", "_testcapi", "_testinternalcapi"})
     path_events = frozenset({"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
@@ -251,7 +249,6 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    time.sleep(0)  # let the kernel reap before the caller removes the directory
 
 
 def _read(path: str, limit: int, tail: bool = False) -> tuple[str, bool]:

@@ -10,7 +10,7 @@ import torch
 
 from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS
 from parkrl.batch import TrajectoryBatch, pad_ragged
-from parkrl.collect import collect_batch, episode_metrics, episode_scores, generate, generate_episodes
+from parkrl.collect import collect_batch, episode_metrics, episode_scores, rollout
 from parkrl.config import Config
 from parkrl.data import TaskPrompts
 from parkrl.metrics import PhaseTimer
@@ -112,10 +112,7 @@ def evaluate(fleet: Fleet, tokenizer, reward_fn: RewardFunction, eval_samples: l
              cfg: Config) -> dict[str, float]:
     """Greedy accuracy on the held-out eval set (whole episodes when env.cls is set)."""
     spec = SamplingSpec(n=1, max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0, logprobs=False)
-    if cfg.env.cls:
-        batch = generate_episodes(fleet, eval_samples, spec)
-    else:
-        batch = generate(fleet, tokenizer, eval_samples, spec)
+    batch = rollout(fleet, tokenizer, eval_samples, spec, cfg)
     scores, task, _ = episode_scores(batch, reward_fn, tokenizer, cfg, fleet)
     return {
         "eval/accuracy": sum(reward_fn.is_correct(v) for v in task.tolist()) / len(task),

@@ -13,7 +13,7 @@ from typing import Any
 class TensorBoardTracker:
     """Scalars into `<output_dir>/tensorboard` (`tensorboard --logdir <output_dir>`)."""
 
-    def __init__(self, output_dir: Path, config: dict[str, Any], start_step: int) -> None:
+    def __init__(self, output_dir: Path, start_step: int) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
@@ -61,7 +61,7 @@ def make_trackers(names: list[str], output_dir: Path, config: dict[str, Any], wa
     trackers = []
     for name in names:
         if name == "tensorboard":
-            trackers.append(TensorBoardTracker(output_dir, config, start_step))
+            trackers.append(TensorBoardTracker(output_dir, start_step))
         elif name == "wandb":
             trackers.append(WandbTracker(output_dir, config, wandb_project, start_step))
     return trackers

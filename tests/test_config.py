@@ -2,7 +2,7 @@
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 
 from parkrl.algorithms import registered_names
 from parkrl.config import Config, ConfigError, validate

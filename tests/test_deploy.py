@@ -1,8 +1,6 @@
 """Deployment files stay valid: the KubeRay RayJob against a schema of the RayJob fields
 (transcribed from KubeRay's ray.io/v1 CRD) and its pod templates against the Kubernetes API
 schema (kubernetes-validate); the GPU example config composes and passes parkrl's checks."""
-import os
-from pathlib import Path
 
 import jsonschema
 import kubernetes_validate

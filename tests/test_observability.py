@@ -1,7 +1,6 @@
 """What a run shows: metrics.jsonl continued on resume, ETA in the progress line, TensorBoard
 and offline W&B beside it, PNG plots, and the same metrics for the same seed."""
 import json
-import os
 
 import pytest
 

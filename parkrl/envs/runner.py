@@ -77,16 +77,14 @@ class _EpisodeLoop:
         self.stepping: dict[cf.Future, tuple[int, Completion]] = {}
 
     def run(self) -> list[Episode]:
-        for i, ep in enumerate(self.episodes):
-            room = self.limits.max_model_len - len(ep.prompt_ids)
-            if room <= 0:
-                raise ValueError(f"sample {self.offset + i}: the first prompt has {len(ep.prompt_ids)} tokens, "
-                                 f"rollout.max_model_len={self.limits.max_model_len}")
         pool = cf.ThreadPoolExecutor(self.limits.workers, thread_name_prefix="env")
         try:
             for i, ep in enumerate(self.episodes):
-                self._submit(i, min(self.spec.max_new_tokens, self.limits.max_total_tokens,
-                                    self.limits.max_model_len - len(ep.prompt_ids)))
+                room = self.limits.max_model_len - len(ep.prompt_ids)
+                if room <= 0:
+                    raise ValueError(f"sample {self.offset + i}: the first prompt has {len(ep.prompt_ids)} tokens, "
+                                     f"rollout.max_model_len={self.limits.max_model_len}")
+                self._submit(i, min(self.spec.max_new_tokens, self.limits.max_total_tokens, room))
             while self.in_engine or self.stepping:
                 if self.in_engine:
                     for rid, completion in self.engine.poll():

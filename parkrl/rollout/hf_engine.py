@@ -19,6 +19,7 @@ class HFEngine:
         self.eos_ids = set(_as_list(self.model.generation_config.eos_token_id or tok.eos_token_id))
         self.max_model_len = max_model_len
         self._sync = None
+        self._queue: list[tuple[str, list[int], SamplingSpec]] = []  # multi-turn requests until `poll`
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
@@ -58,16 +59,15 @@ class HFEngine:
 
     # ---- multi-turn episodes (parkrl.envs.runner): queued requests run together at `poll` ----
     def submit(self, request_id: str, prompt_ids: list[int], spec: SamplingSpec) -> None:
-        self._queue = getattr(self, "_queue", [])
         self._queue.append((request_id, prompt_ids, spec))
 
     def abort(self, request_ids: list[str]) -> None:
         drop = set(request_ids)
-        self._queue = [q for q in getattr(self, "_queue", []) if q[0] not in drop]
+        self._queue = [q for q in self._queue if q[0] not in drop]
 
     def poll(self) -> list[tuple[str, Completion]]:
         """Generate every queued request (one batch per distinct budget); returns them all."""
-        queue, self._queue = getattr(self, "_queue", []), []
+        queue, self._queue = self._queue, []
         done = []
         for budget in sorted({spec.max_new_tokens for _, _, spec in queue}):
             part = [(rid, p, spec) for rid, p, spec in queue if spec.max_new_tokens == budget]

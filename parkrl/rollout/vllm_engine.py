@@ -33,6 +33,7 @@ class VLLMEngine:
         _engine_env(cpu_ids)
         from vllm import LLM
 
+        self._wants_logprobs: dict[str, bool] = {}  # multi-turn requests in flight
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -63,7 +64,6 @@ class VLLMEngine:
         """Queue one request (spec.n == 1); it joins the running batch at the next `poll`."""
         from vllm.inputs import TokensPrompt
 
-        self._wants_logprobs = getattr(self, "_wants_logprobs", {})
         self._wants_logprobs[request_id] = spec.logprobs
         self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), _params(spec, spec.seed))
 

@@ -70,11 +70,9 @@ class Fleet:
         return self._recovering(lambda: self._generate(prompts, spec))
 
     def _generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
-        m = len(self.rollout)
-        bounds = [len(prompts) * i // m for i in range(m + 1)]
-        args = [(prompts[bounds[i]:bounds[i + 1]], _offset(spec, bounds[i])) for i in range(m)]
-        active = [i for i in range(m) if bounds[i + 1] > bounds[i]]
-        results = self.rollout._wait(self.rollout.submit_each("generate", [args[i] for i in active], active))
+        parts = _split(len(prompts), len(self.rollout))
+        args = [(prompts[a:b], _offset(spec, a)) for a, b in parts.values()]
+        results = self.rollout._wait(self.rollout.submit_each("generate", args, list(parts)))
         return [group for chunk in results for group in chunk]
 
     def episodes(self, samples: list[dict], spec: SamplingSpec) -> list:
@@ -82,11 +80,9 @@ class Fleet:
         return self._recovering(lambda: self._episodes(samples, spec))
 
     def _episodes(self, samples: list[dict], spec: SamplingSpec) -> list:
-        m = len(self.rollout)
-        bounds = [len(samples) * i // m for i in range(m + 1)]
-        active = [i for i in range(m) if bounds[i + 1] > bounds[i]]
-        args = [(samples[bounds[i]:bounds[i + 1]], spec, bounds[i]) for i in active]
-        results = self.rollout._wait(self.rollout.submit_each("run_episodes", args, active))
+        parts = _split(len(samples), len(self.rollout))
+        args = [(samples[a:b], spec, a) for a, b in parts.values()]
+        results = self.rollout._wait(self.rollout.submit_each("run_episodes", args, list(parts)))
         return [ep for chunk in results for ep in chunk]
 
     def _recovering(self, call: Callable[[], T]) -> T:
@@ -169,11 +165,10 @@ class Fleet:
         """Sum over `reward.models` of weight * score, pairs spread over each model's workers."""
         total = [0.0] * len(prompts)
         for group, spec in zip(self.reward_models, self.cfg.reward.models):
-            m = len(group)
-            bounds = [len(prompts) * i // m for i in range(m + 1)]
-            parts = group.call_each("score", [(prompts[bounds[i]:bounds[i + 1]], completions[bounds[i]:bounds[i + 1]])
-                                              for i in range(m)])
-            for i, v in enumerate(x for part in parts for x in part):
+            parts = _split(len(prompts), len(group))
+            scores = group._wait(group.submit_each("score", [(prompts[a:b], completions[a:b]) for a, b in parts.values()],
+                                                   list(parts)))
+            for i, v in enumerate(x for part in scores for x in part):
                 total[i] += spec.weight * v
         return total
 
@@ -185,6 +180,12 @@ class Fleet:
                     group.shutdown()
                 except Exception as e:  # keep shutting the others down
                     print(f"[parkrl] shutting down {group.role}: {e}", flush=True)
+
+
+def _split(n: int, workers: int) -> dict[int, tuple[int, int]]:
+    """Items [a, b) for each worker that gets any, n items spread as evenly as possible."""
+    bounds = [n * i // workers for i in range(workers + 1)]
+    return {i: (bounds[i], bounds[i + 1]) for i in range(workers) if bounds[i + 1] > bounds[i]}
 
 
 def _offset(spec: SamplingSpec, k: int) -> SamplingSpec:

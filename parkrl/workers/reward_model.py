@@ -23,6 +23,8 @@ class RewardModelWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.chat_template:
+            self.tokenizer.truncation_side = "left"  # keep the end of the completion
         self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).to(self.device).eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -44,7 +46,6 @@ class RewardModelWorker:
         if tok.chat_template:
             texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": c}],
                                              tokenize=False) for p, c in zip(prompts, completions)]
-            tok.truncation_side = "left"
             return tok(texts, truncation=True, max_length=n, padding=True, return_tensors="pt", add_special_tokens=False)
         return tok(prompts, completions, truncation="only_first", max_length=n, padding=True, return_tensors="pt")
 
