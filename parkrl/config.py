@@ -53,7 +53,8 @@ class RolloutConfig:
 
 @dataclass
 class LearnerConfig:
-    backend: str = "fsdp2"
+    backend: str = "fsdp2"  # fsdp2 | deepspeed (ZeRO; pip install 'parkrl[deepspeed]')
+    zero_stage: int = 2  # learner.backend=deepspeed: 2 shards optimizer state and gradients, 3 weights too
     # Compute dtype (FSDP2 mixed precision); master weights stay fp32. auto = bfloat16 on GPUs
     # and on CPUs with native bf16 (AVX512-BF16/AMX), else float32 (bf16 is 10x slower there).
     dtype: str = "auto"
@@ -235,7 +236,9 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     p: list[str] = []
     known = known or {}
     _choice(cfg.rollout.backend, "rollout.backend", ("vllm", "hf"), p)
-    _choice(cfg.learner.backend, "learner.backend", ("fsdp2",), p)
+    _choice(cfg.learner.backend, "learner.backend", ("fsdp2", "deepspeed"), p)
+    if cfg.learner.backend == "deepspeed":
+        _choice(cfg.learner.zero_stage, "learner.zero_stage", (2, 3), p)
     _choice(cfg.trainer.runtime, "trainer.runtime", ("ray", "local"), p)
     _choice(cfg.algorithm.kl_in, "algorithm.kl_in", ("loss", "reward"), p)
     _choice(cfg.reward.on_error, "reward.on_error", ("raise", "zero"), p)

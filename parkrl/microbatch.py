@@ -32,3 +32,19 @@ def plan_micro_batches(lengths: list[int], max_samples: int, max_tokens: int = 0
 def padded_tokens(lengths: list[int], plans: list[list[int]]) -> int:
     """Tokens the passes compute, padding included."""
     return sum(len(rows) * max(lengths[i] for i in rows) for rows in plans)
+
+
+def split_to_count(plans: list[list[int]], count: int) -> list[list[int]]:
+    """`plans` cut into exactly `count` micro-batches by halving the widest ones.
+
+    Every learner rank must run the same number of forward/backward passes (FSDP2 and ZeRO-3
+    gather and reduce in each), while token budgets can give ranks different counts; the rank
+    with fewer passes splits its widest ones. Needs count <= number of rows."""
+    plans = [list(rows) for rows in plans]
+    if count > sum(len(rows) for rows in plans):
+        raise ValueError(f"cannot cut {sum(len(r) for r in plans)} rows into {count} micro-batches")
+    while len(plans) < count:
+        k = max(range(len(plans)), key=lambda i: len(plans[i]))
+        rows = plans.pop(k)
+        plans[k:k] = [rows[: len(rows) // 2], rows[len(rows) // 2:]]
+    return plans

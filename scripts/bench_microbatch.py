@@ -21,7 +21,7 @@ from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
 from parkrl.microbatch import padded_tokens, plan_micro_batches
 from parkrl.models import resolve_model_path
-from parkrl.workers.learner import FSDPLearner
+from parkrl.workers.fsdp_learner import FSDPLearner
 
 
 def varied_batch(n: int, longest: int, seed: int = 0) -> TrajectoryBatch:

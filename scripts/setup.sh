@@ -35,4 +35,10 @@ if [ "$target" = cpu ]; then
   # models (torchvision::nms) and `from vllm import LLM` (torchcodec). Triton is unused on CPU.
   python -m pip uninstall -q -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 fi
+if python -c "import deepspeed" >/dev/null 2>&1; then
+  # DeepSpeed JIT-compiles its CPU comm op on first use (g++, up to ~100 s); build it once now into
+  # torch's extension cache (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions), not in a run.
+  python -c "from deepspeed.accelerator import get_accelerator as a; b = a().create_op_builder('ShareMemCommBuilder'); b and b.load()" 2>&1 \
+    | grep -v -i "warning" || true
+fi
 python -c "import torch, vllm, ray, transformers; print('[setup] torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| transformers', transformers.__version__)"

@@ -136,9 +136,11 @@ def test_a_fresh_run_refuses_an_output_dir_with_another_runs_checkpoints(tmp_pat
 
 
 @pytest.mark.integration
-def test_ppo_resume_on_two_learner_ranks_with_critic_and_epochs_is_exact(tiny_model_dir, tmp_path, ray_session):
-    """Sharded resume (2 FSDP ranks) of everything PPO trains: policy, critic, both optimizers,
-    the epoch shuffling counter; with a reference model and KL in the reward."""
+@pytest.mark.parametrize("backend, zero_stage", [("fsdp2", 2), ("deepspeed", 3)])
+def test_ppo_resume_on_two_learner_ranks_with_critic_and_epochs_is_exact(tiny_model_dir, tmp_path, ray_session,
+                                                                          backend, zero_stage):
+    """Sharded resume (2 FSDP2 or ZeRO-3 ranks) of everything PPO trains: policy, critic, both
+    optimizers, the epoch shuffling counter; with a reference model and KL in the reward."""
     from parkrl.controller import train
     from test_integration import read_metrics, tiny_config
 
@@ -146,7 +148,8 @@ def test_ppo_resume_on_two_learner_ranks_with_critic_and_epochs_is_exact(tiny_mo
         cfg = tiny_config(tiny_model_dir, str(out), trainer__total_steps=steps, trainer__save_every=2,
                           trainer__eval_every=0, trainer__save_final=False, algorithm__advantage="gae",
                           algorithm__kl_coef=0.01, algorithm__kl_in="reward", algorithm__kl_estimator="k1",
-                          learner__epochs=2, learner__mini_batches=2, learner__critic_lr=1e-3)
+                          learner__epochs=2, learner__mini_batches=2, learner__critic_lr=1e-3,
+                          learner__backend=backend, learner__zero_stage=zero_stage)
         return cfg
 
     a = read_metrics(train(ppo(tmp_path / "a", 4)))

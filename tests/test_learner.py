@@ -4,7 +4,7 @@ import torch
 
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
-from parkrl.workers.learner import FSDPLearner
+from parkrl.workers.fsdp_learner import FSDPLearner
 
 
 def random_batch(n: int = 8) -> TrajectoryBatch:

@@ -1,7 +1,8 @@
 """Micro-batch planning by token budget, and that samples batched together do not see each other."""
+import pytest
 import torch
 
-from parkrl.microbatch import padded_tokens, plan_micro_batches
+from parkrl.microbatch import padded_tokens, plan_micro_batches, split_to_count
 from parkrl.models.response import ResponseLogprobs, pad_samples
 
 
@@ -32,3 +33,13 @@ def test_a_sample_scores_the_same_alone_and_beside_others(tiny_model_dir):
     for k, sample in enumerate(samples):
         alone = logprobs([sample])[0]
         assert torch.allclose(torch.tensor(alone), torch.tensor(together[k]), atol=1e-5)
+
+
+def test_split_to_count_halves_the_widest_until_the_count_is_met():
+    plans = [[0, 1, 2, 3], [4], [5, 6]]
+    out = split_to_count(plans, 5)
+    assert out == [[0], [1], [2, 3], [4], [5, 6]]  # [0..3] halved, then its wider half again
+    assert sorted(i for rows in out for i in rows) == list(range(7))  # nothing lost or repeated
+    assert split_to_count(plans, 3) == plans
+    with pytest.raises(ValueError, match="7 rows into 8"):
+        split_to_count(plans, 8)

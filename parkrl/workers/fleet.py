@@ -1,6 +1,6 @@
 """The fleet: every worker group of a run, wired together, called as if local.
 
-It starts the learner group (FSDP2 ranks) and the rollout group (engines), connects the
+It starts the learner group (FSDP2 or DeepSpeed ranks) and the rollout group (engines), connects the
 learner's rank 0 and every engine in the weight-sync group, and offers the controller one
 method per phase. Batches are sharded over learner ranks and prompts over engines here, so the
 controller never deals with ranks.
@@ -13,7 +13,7 @@ from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
 from parkrl.rollout import Completion, SamplingSpec
 from parkrl.workers.group import WorkerDied, WorkerError, WorkerGroup, WorkerTimeout, wait_all
-from parkrl.workers.learner import FSDPLearner
+from parkrl.workers.learner import learner_class
 from parkrl.workers.reward_model import RewardModelWorker
 from parkrl.workers.rollout import RolloutWorker
 
@@ -31,7 +31,7 @@ class Fleet:
         self.learner = self.rollout = None
         self.reward_models: list[WorkerGroup] = []
         try:
-            self.learner = WorkerGroup("learner", FSDPLearner, res.learner, t.runtime, t.worker_timeout_s,
+            self.learner = WorkerGroup("learner", learner_class(cfg.learner.backend), res.learner, t.runtime, t.worker_timeout_s,
                                        lambda rank: (cfg, model_path, rank, n_learners))
             self.rollout = WorkerGroup("rollout", RolloutWorker, res.rollout, t.runtime, t.worker_timeout_s,
                                        lambda rank: (cfg, model_path, rank))

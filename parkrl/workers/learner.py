@@ -1,4 +1,4 @@
-"""The learner: one FSDP2 rank of the policy, plus the frozen reference policy when KL is on and
+"""The learner: one data-parallel rank of the policy, plus the frozen reference policy when KL is on and
 the critic (value model) when the advantage estimator needs one (PPO's GAE).
 
 The critic lives on the learner's ranks rather than in a group of its own: it has the policy's
@@ -11,6 +11,12 @@ into `learner.mini_batches` mini-batches (one optimizer step each) and those int
 of `learner.micro_batch_size` samples (gradient accumulation). Losses are normalised by the
 token count of the whole mini-batch over all ranks, so the gradient does not depend on how the
 batch was cut.
+
+`Learner` holds everything that does not depend on how the weights are sharded: micro-batches,
+losses, metrics, the weight sync. A backend (`FSDPLearner` in parkrl.workers.fsdp_learner,
+`DeepSpeedLearner` in parkrl.workers.deepspeed_learner) wraps the models and owns backward,
+the optimizer step, full state dicts and checkpoints. `learner_class` picks one by
+`learner.backend`.
 """
 from __future__ import annotations
 
@@ -20,18 +26,13 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict,
-)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, LossNorm
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
 from parkrl.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
-from parkrl.microbatch import plan_micro_batches
-from parkrl.models.lora import add_lora, merged_state, plain_names
+from parkrl.microbatch import plan_micro_batches, split_to_count
+from parkrl.models.lora import add_lora, merged_state
 from parkrl.models.response import PaddedBatch, ResponseLogprobs, ResponseValues, pad_samples
 from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors
 from parkrl.sync.group import free_port, init_sync_group, node_ip
@@ -42,14 +43,9 @@ _STATS = ("policy_loss", "clipped", "entropy", "ratio_dev", "tokens", "kl", "log
           "value_clipped", "critic_grad_norm", "nonfinite")
 
 
-def _clip(model: torch.nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm (over all ranks' shards); returns the norm before clipping."""
-    total = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    return float(total.full_tensor() if hasattr(total, "full_tensor") else total)
-
-
-class FSDPLearner:
-    """One rank of the FSDP2 learner group. Methods are called on every rank unless noted."""
+class Learner:
+    """One rank of the learner group. Methods are called on every rank unless noted.
+    Subclasses implement the hooks marked "backend"."""
 
     def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int) -> None:
         set_torch_threads(cfg.resources.learner.cpus_per_worker)
@@ -79,42 +75,69 @@ class FSDPLearner:
         torch.manual_seed(self.cfg.trainer.seed)
         self.pad_id = load_tokenizer(self.model_path).pad_token_id
         lc, a = self.cfg.learner, self.cfg.algorithm
-        self.policy = self._sharded(ResponseLogprobs, trainable=True)
-        trainable = [p for p in self.policy.parameters() if p.requires_grad]  # LoRA: the adapters only
-        self.optimizer = torch.optim.AdamW(trainable, lr=lc.lr, weight_decay=lc.weight_decay)
+        self.policy, self.optimizer = self._wrap(self._load(ResponseLogprobs), lc.lr)
         self.reference = None
         if a.kl_coef > 0:
-            self.reference = self._sharded(ResponseLogprobs, trainable=False)
+            self.reference = self._wrap(self._load(ResponseLogprobs, trainable=False), None)[0]
         self.critic = self.critic_optimizer = None
         if getattr(ADVANTAGES.get(a.advantage), "needs_critic", False):
-            self.critic = self._sharded(ResponseValues, trainable=True)
-            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=lc.critic_lr, weight_decay=lc.weight_decay)
+            self.critic, self.critic_optimizer = self._wrap(self._load(ResponseValues), lc.critic_lr)
 
-    def _sharded(self, head: type, trainable: bool) -> torch.nn.Module:
-        """Load the model, wrap it (`ResponseLogprobs` or `ResponseValues`) and apply FSDP2:
-        every decoder layer, then the root (embeddings, output head)."""
+    def _load(self, head: type, trainable: bool = True) -> torch.nn.Module:
+        """The HF model in fp32 under its head (`ResponseLogprobs` or `ResponseValues`), with LoRA
+        adapters and gradient checkpointing as configured; train mode, or frozen eval mode."""
         lm = load_causal_lm(self.model_path, torch.float32).to(self.device)
         lc = self.cfg.learner
         if trainable and head is ResponseLogprobs and lc.lora_rank > 0:
             lm = add_lora(lm, lc.lora_rank, lc.lora_alpha, lc.lora_targets)
-        if trainable and self.cfg.learner.gradient_checkpointing:
+        if trainable and lc.gradient_checkpointing:
             lm.gradient_checkpointing_enable()
         model = head(lm, self.cfg.rollout.temperature) if head is ResponseLogprobs else head(lm)
-        mp = MixedPrecisionPolicy(param_dtype=resolve_dtype(self.cfg.learner.dtype), reduce_dtype=torch.float32)
-        layer_classes = set(getattr(lm, "_no_split_modules", None) or [])
-        for module in model.modules():
-            if type(module).__name__ in layer_classes:
-                fully_shard(module, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
         return model.train() if trainable else model.eval().requires_grad_(False)
+
+    # ---- backend hooks ------------------------------------------------------------------------
+    def _wrap(self, model: torch.nn.Module, lr: float | None) -> tuple[torch.nn.Module, object]:
+        """Backend: shard `model`; with `lr`, also build its AdamW. Returns (callable model,
+        optimizer handle passed back to `_backward`/`_step`; None when frozen)."""
+        raise NotImplementedError
+
+    def _backward(self, model: torch.nn.Module, optimizer: object, loss: torch.Tensor) -> None:
+        """Backend: accumulate the gradient of `loss` (ranks' gradients are averaged)."""
+        raise NotImplementedError
+
+    def _zero_grad(self, model: torch.nn.Module, optimizer: object) -> None:
+        """Backend: clear accumulated gradients before a mini-batch."""
+        raise NotImplementedError
+
+    def _step(self, model: torch.nn.Module, optimizer: object) -> float:
+        """Backend: clip to learner.grad_clip and take an optimizer step; returns the global
+        gradient norm before clipping. A non-finite norm means the step was skipped (every rank)."""
+        raise NotImplementedError
+
+    def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Backend, collective: the unsharded policy weights (LoRA adapters merged in), on rank
+        0's CPU (empty on other ranks)."""
+        raise NotImplementedError
+
+    def _policy_lm(self) -> torch.nn.Module:
+        """Backend: the policy's HF model, unwrapped (for its config and save_pretrained)."""
+        raise NotImplementedError
+
+    def _merged(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        lc = self.cfg.learner
+        return merged_state(state, lc.lora_alpha / lc.lora_rank) if lc.lora_rank > 0 and state else state
 
     # ---- logprobs and update ------------------------------------------------------------------
     def _micro_batches(self, batch: TrajectoryBatch) -> list[tuple[list[int], PaddedBatch]]:
-        """Micro-batches of similar-length samples (parkrl.microbatch), with their row indices."""
+        """Collective: micro-batches of similar-length samples (parkrl.microbatch), with their
+        row indices; the same number on every rank."""
         lc = self.cfg.learner
         lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+        plans = plan_micro_batches(lengths, lc.micro_batch_size, lc.max_tokens_per_micro_batch)
+        count = torch.tensor([len(plans)])
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)  # every rank runs as many passes (collectives)
         out = []
-        for rows in plan_micro_batches(lengths, lc.micro_batch_size, lc.max_tokens_per_micro_batch):
+        for rows in split_to_count(plans, int(count)):
             padded = pad_samples([batch.prompt_ids[i] for i in rows], [batch.response_ids[i] for i in rows],
                                  [batch.loss_mask[i] for i in rows], self.pad_id)
             out.append((rows, padded.to(self.device)))
@@ -153,24 +176,19 @@ class FSDPLearner:
             for share in (order[k :: lc.mini_batches] for k in range(lc.mini_batches)):
                 mini = batch.select(sorted(share))
                 norm = self._loss_norm(mini)
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.critic is not None:
-                    self.critic_optimizer.zero_grad(set_to_none=True)
+                for model, optimizer in self._trainables().values():
+                    self._zero_grad(model, optimizer)
                 for rows, mb in self._micro_batches(mini):
-                    loss = self._loss(mini, rows, mb, norm, stats)
+                    self._backward(self.policy, self.optimizer, self._loss(mini, rows, mb, norm, stats))
                     if self.critic is not None:
-                        loss = loss + self._value_loss(mini, rows, mb, norm, stats)
-                    (loss * self.world_size).backward()  # FSDP averages gradients over ranks
-                norm_p = _clip(self.policy, lc.grad_clip)
-                norm_c = _clip(self.critic, lc.grad_clip) if self.critic is not None else 0.0
-                if not math.isfinite(norm_p + norm_c):  # a NaN/inf loss: skip, on every rank alike
-                    stats["nonfinite"] += 1 / self.world_size  # the norms are global, so each rank counts it
-                    continue
-                grad_norms.append(norm_p)
-                self.optimizer.step()
+                        self._backward(self.critic, self.critic_optimizer, self._value_loss(mini, rows, mb, norm, stats))
+                norm_p = self._step(self.policy, self.optimizer)
+                if math.isfinite(norm_p):
+                    grad_norms.append(norm_p)
+                else:  # a NaN/inf loss: the step was skipped on every rank alike
+                    stats["nonfinite"] += 1 / self.world_size  # the norm is global, so each rank counts it
                 if self.critic is not None:
-                    stats["critic_grad_norm"] += norm_c
-                    self.critic_optimizer.step()
+                    stats["critic_grad_norm"] += self._step(self.critic, self.critic_optimizer)
         return self._step_metrics(stats, grad_norms, on_policy_forward="old_logprobs" not in batch)
 
     def _loss_norm(self, mini: TrajectoryBatch) -> LossNorm:
@@ -256,17 +274,16 @@ class FSDPLearner:
         return metrics
 
     # ---- weight sync and saving ---------------------------------------------------------------
-    def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Collective: the unsharded policy weights (LoRA adapters merged in), on rank 0's CPU
-        (empty on other ranks)."""
-        state = get_model_state_dict(self.policy.lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        lc = self.cfg.learner
-        return merged_state(state, lc.lora_alpha / lc.lora_rank) if lc.lora_rank > 0 and state else state
-
     def weight_metas(self) -> list:
-        """Names, dtypes and global shapes of the weights as sent to the engines (wire format)."""
+        """Rank 0 only: names, dtypes and global shapes of the weights as sent to the engines
+        (wire format)."""
         dtype = resolve_dtype(self.cfg.rollout.dtype)
-        return [m.to_wire() for m in metas_of(plain_names(self.policy.lm.state_dict().items()), dtype)]
+        state = self._full_state_dict_metas()
+        return [m.to_wire() for m in metas_of(list(state.items()), dtype)]
+
+    def _full_state_dict_metas(self) -> dict[str, torch.Tensor]:
+        """Tensors (any placement) with the names, dtypes and global shapes of the synced weights."""
+        raise NotImplementedError
 
     def join_sync_group(self, host: str, port: int, world_size: int, backend: str) -> None:
         """Rank 0 only: join the sync group as its rank 0 (hosting its store)."""
@@ -290,46 +307,36 @@ class FSDPLearner:
         state = self._full_state_dict()
         if self.rank == 0:
             os.makedirs(path, exist_ok=True)
-            self.policy.lm.save_pretrained(path, state_dict=state)
+            self._policy_lm().save_pretrained(path, state_dict=state)
             load_tokenizer(self.model_path).save_pretrained(path)
         dist.barrier()
 
     # ---- checkpoints --------------------------------------------------------------------------
-    def _trainables(self) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
+    def _trainables(self) -> dict[str, tuple[torch.nn.Module, object]]:
         nets = {"policy": (self.policy, self.optimizer)}
         if self.critic is not None:
             nets["critic"] = (self.critic, self.critic_optimizer)
         return nets
 
-    def _train_state(self) -> dict[str, dict]:
-        """Sharded model and optimizer state dicts (DTensors), as torch.distributed.checkpoint
-        saves and loads them; initialises empty optimizer state so a load has slots to fill."""
-        state = {}
-        for name, (model, optimizer) in self._trainables().items():
-            if not optimizer.state:  # no step taken yet (or only skipped ones): let torch create the slots
-                optimizer.zero_grad(set_to_none=True)
-            model_sd, optim_sd = get_state_dict(model, optimizer)
-            state[name] = {"model": model_sd, "optim": optim_sd}
-        return state
-
     def save_checkpoint(self, path: str) -> None:
         """Collective: write this rank's shards of the policy/critic and their optimizers to
         `path` (a directory every rank can reach), plus this rank's counters and RNG state."""
-        dcp.save(self._train_state(), checkpoint_id=path)
-        extra = {"updates": getattr(self, "_updates", 0), "torch_rng": torch.get_rng_state()}
+        self._save_train_state(path)
+        extra = {"updates": getattr(self, "_updates", 0), "torch_rng": torch.get_rng_state(),
+                 "backend": self.cfg.learner.backend}
         if self.device.type == "cuda":
             extra["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         torch.save(extra, os.path.join(path, f"rank{self.rank}.pt"))
 
     def load_checkpoint(self, path: str) -> None:
-        """Collective: restore what `save_checkpoint` wrote (any learner world size)."""
-        state = self._train_state()
-        dcp.load(state, checkpoint_id=path)
-        for name, (model, optimizer) in self._trainables().items():
-            set_state_dict(model, optimizer, model_state_dict=state[name]["model"],
-                           optim_state_dict=state[name]["optim"])
+        """Collective: restore what `save_checkpoint` wrote."""
         own = os.path.join(path, f"rank{self.rank}.pt")
         extra = torch.load(own if os.path.exists(own) else os.path.join(path, "rank0.pt"), weights_only=True)
+        saved_by = extra.get("backend", "fsdp2")
+        if saved_by != self.cfg.learner.backend:
+            raise ValueError(f"checkpoint {path} was written by learner.backend={saved_by}; resume with that "
+                             f"backend (now learner.backend={self.cfg.learner.backend}) or trainer.resume=never")
+        self._load_train_state(path)
         self._updates = int(extra["updates"])
         torch.set_rng_state(extra["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in extra:
@@ -341,9 +348,26 @@ class FSDPLearner:
             for group in optimizer.param_groups:
                 group["lr"], group["weight_decay"] = lr, lc.weight_decay
 
+    def _save_train_state(self, path: str) -> None:
+        """Backend, collective: this rank's model and optimizer shards of `_trainables()` to `path`."""
+        raise NotImplementedError
+
+    def _load_train_state(self, path: str) -> None:
+        """Backend, collective: restore what `_save_train_state` wrote."""
+        raise NotImplementedError
+
     def peak_rss_gib(self) -> float:
         return peak_rss_gib()
 
     def shutdown(self) -> None:
         if getattr(self, "_owns_group", False) and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def learner_class(backend: str) -> type[Learner]:
+    """The learner rank class for `learner.backend` (fsdp2 | deepspeed)."""
+    if backend == "deepspeed":
+        from parkrl.workers.deepspeed_learner import DeepSpeedLearner
+        return DeepSpeedLearner
+    from parkrl.workers.fsdp_learner import FSDPLearner
+    return FSDPLearner
