@@ -3,8 +3,9 @@
 Layout under `trainer.output_dir`:
 
     checkpoints/step_000003/
-        learner/             policy (+ critic) weights and optimizer state, sharded
-                             (torch.distributed.checkpoint: each learner rank writes its shards)
+        learner/             policy (+ critic) weights and optimizer state, sharded: each learner
+                             rank writes its shards (torch.distributed.checkpoint for FSDP2,
+                             DeepSpeed's ZeRO checkpoint for learner.backend=deepspeed)
         learner/rank<r>.pt   per-rank counters and torch RNG state
         trainer_state.json   step, data-sampler position, resolved config (written last)
 

@@ -49,6 +49,9 @@ class RolloutConfig:
     dtype: str = "auto"  # engine compute dtype: auto | float32 | bfloat16
     max_model_len: int = 1024
     kv_cache_gib: float = 0.5  # vLLM KV cache size per engine
+    # Generate step k+1's batch while step k trains (a policy lag of one update, corrected by
+    # truncated importance sampling: algorithm.rollout_is_cap).
+    one_step_off: bool = False
 
 
 @dataclass
@@ -86,6 +89,9 @@ class AlgorithmConfig:
     dual_clip_c: float = 0.0  # > 1 enables dual clip for negative advantages (e.g. 3.0); 0 = off
     loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * aggregated entropy
+    # rollout.one_step_off: each token's loss is weighted by pi_old / pi_rollout (the learner's
+    # policy over the one that generated it), truncated at this cap (TIS). 0 = no correction.
+    rollout_is_cap: float = 2.0
     # DAPO dynamic sampling: set aside groups whose rewards are all equal and draw more prompts,
     # at most this many generation rounds per step (set-aside groups fill any shortfall).
     dynamic_sampling: bool = False
@@ -162,6 +168,9 @@ class EnvConfig:
 class ResourcesConfig:
     learner: RoleResources = field(default_factory=RoleResources)
     rollout: RoleResources = field(default_factory=RoleResources)
+    # GPU only: engine i shares learner rank i's GPU (gpus_per_worker of the two roles sum to 1,
+    # e.g. 0.5 each). vLLM sleeps while the learner trains and gets weights by CUDA IPC.
+    colocate: bool = False
 
 
 @dataclass
@@ -206,9 +215,9 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def _choice(value: str, key: str, allowed: tuple[str, ...], problems: list[str]) -> None:
+def _choice(value: object, key: str, allowed: tuple, problems: list[str]) -> None:
     if value not in allowed:
-        problems.append(f"{key}={value!r}: choose one of {', '.join(allowed)}")
+        problems.append(f"{key}={value!r}: choose one of {', '.join(map(str, allowed))}")
 
 
 _POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "rollout.max_new_tokens", "learner.lr",
@@ -216,7 +225,7 @@ _POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "ro
              "resources.rollout.num_workers", "trainer.worker_timeout_s", "trainer.sync_timeout_s",
              "data.eval_size", "data.train_size", "trainer.keep_checkpoints", "trainer.max_nonfinite_steps",
              "env.max_turns", "env.max_total_tokens", "env.workers")
-_NON_NEGATIVE = ("learner.max_tokens_per_micro_batch", "learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
+_NON_NEGATIVE = ("algorithm.rollout_is_cap", "learner.max_tokens_per_micro_batch", "learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
                  "trainer.max_worker_restarts", "trainer.samples_per_step")
 
 
@@ -294,8 +303,29 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
         if m.resources.num_workers < 1 or m.batch_size < 1 or m.max_length < 1:
             p.append(f"reward.models[{k}]: resources.num_workers, batch_size and max_length must be >= 1")
     _check_batch_sizes(cfg, p)
+    _check_colocation(cfg, p)
     if p:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(p))
+
+
+def _check_colocation(cfg: Config, p: list[str]) -> None:
+    res = cfg.resources
+    if not res.colocate:
+        return
+    if res.learner.num_workers != res.rollout.num_workers:
+        p.append(f"resources.colocate=true pairs engine i with learner rank i: resources.rollout.num_workers="
+                 f"{res.rollout.num_workers} must equal resources.learner.num_workers={res.learner.num_workers}")
+    gpus = (res.learner.gpus_per_worker, res.rollout.gpus_per_worker)
+    if min(gpus) <= 0 or abs(sum(gpus) - 1.0) > 1e-6:
+        p.append(f"resources.colocate=true shares one GPU per pair: resources.learner.gpus_per_worker + "
+                 f"resources.rollout.gpus_per_worker = {gpus[0]} + {gpus[1]} must be 1 (e.g. 0.5 each)")
+    if cfg.rollout.backend != "vllm" or cfg.learner.backend != "fsdp2":
+        p.append("resources.colocate=true needs rollout.backend=vllm (sleep mode) and learner.backend=fsdp2")
+    if cfg.rollout.one_step_off:
+        p.append("resources.colocate=true and rollout.one_step_off=true exclude each other: colocated engines "
+                 "sleep while the learner trains")
+    if cfg.trainer.runtime != "ray":
+        p.append("resources.colocate=true needs trainer.runtime=ray (CUDA IPC between two processes)")
 
 
 def _check_batch_sizes(cfg: Config, p: list[str]) -> None:

@@ -18,6 +18,7 @@ from parkrl.data import TaskPrompts
 from parkrl.metrics import MetricsWriter, PhaseTimer
 from parkrl.models import load_tokenizer, resolve_model_path
 from parkrl.rewards import load_reward
+from parkrl.rollout_ahead import Rollouts
 from parkrl.step import eval_due, evaluate, rl_step, sample_rows
 from parkrl.stop import StopRequest
 from parkrl.workers.cluster import ray_cluster
@@ -62,9 +63,10 @@ def train(cfg: Config) -> Path:
 
     log = MetricsWriter(out, t.total_steps, start, t.loggers, asdict(cfg), t.wandb_project)
     with ray_cluster(cfg), StopRequest() as stop:
-        fleet = None
+        fleet = rollouts = None
         try:
             fleet = Fleet(cfg, model_path)
+            rollouts = Rollouts(fleet, tokenizer, reward_fn, data, cfg)
             counters = saved.get("counters", {}) if saved else {}
             fleet.restarts = counters.get("worker_restarts", 0)
             nonfinite_run = counters.get("nonfinite_run", 0)
@@ -77,7 +79,7 @@ def train(cfg: Config) -> Path:
                 log.log(0, {**before, **timer.metrics()})
             for step in range(start + 1, t.total_steps + 1):
                 try:
-                    metrics, batch = rl_step(step, fleet, tokenizer, reward_fn, data, cfg)
+                    metrics, batch = rl_step(step, fleet, rollouts, tokenizer, reward_fn, data, cfg)
                 except (WorkerError, WorkerTimeout) as e:
                     e.add_note(_resume_hint(out, step))
                     raise
@@ -86,7 +88,7 @@ def train(cfg: Config) -> Path:
                 nonfinite_run = _check_finite(metrics, nonfinite_run, step, t.max_nonfinite_steps)
                 if (t.save_every and step % t.save_every == 0) or stop.requested or step == t.total_steps:
                     t0 = time.monotonic()
-                    path = checkpoint.save(fleet, out, step, data.state_dict(), cfg,
+                    path = checkpoint.save(fleet, out, step, rollouts.data_state(), cfg,
                                            {"worker_restarts": fleet.restarts, "nonfinite_run": nonfinite_run})
                     print(f"[parkrl] checkpoint {path} ({time.monotonic() - t0:.1f} s)", flush=True)
                 if stop.requested:
@@ -99,6 +101,8 @@ def train(cfg: Config) -> Path:
             stop.shielded = True  # a further Ctrl-C must not cut the engines' shutdown short
             if fleet is not None:
                 fleet.shutdown()
+            if rollouts is not None:
+                rollouts.close()  # after the fleet: a batch still generating ahead fails fast
             log.close()
     return out
 

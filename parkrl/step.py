@@ -1,6 +1,9 @@
 """One RL step, one named and timed phase per line of the algorithm:
 
     generate -> reward -> logprobs (old, reference, values) -> advantages -> update -> sync -> (eval)
+
+With `rollout.one_step_off` the first two come from a batch generated during the previous
+step (parkrl.rollout_ahead), and the sync waits for the next one to finish.
 """
 from __future__ import annotations
 
@@ -10,22 +13,24 @@ import torch
 
 from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS
 from parkrl.batch import TrajectoryBatch, pad_ragged
-from parkrl.collect import collect_batch, episode_metrics, episode_scores, rollout
+from parkrl.collect import episode_metrics, episode_scores, rollout
 from parkrl.config import Config
 from parkrl.data import TaskPrompts
 from parkrl.metrics import PhaseTimer
 from parkrl.rewards import RewardFunction
 from parkrl.rollout import SamplingSpec
+from parkrl.rollout_ahead import Rollouts
 from parkrl.workers.fleet import Fleet
 
 
-def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data: TaskPrompts,
+def rl_step(step: int, fleet: Fleet, rollouts: Rollouts, tokenizer, reward_fn: RewardFunction, data: TaskPrompts,
             cfg: Config) -> tuple[dict[str, float], TrajectoryBatch]:
     """One step of the algorithm; returns its metrics and the trained batch."""
     a, lc = cfg.algorithm, cfg.learner
     timer = PhaseTimer()
 
-    batch, metrics = collect_batch(step, fleet, tokenizer, reward_fn, data, cfg, timer)  # generate + reward
+    batch, metrics = rollouts.batch(step, timer)  # generate + reward (now, or one step ahead)
+    fleet.release_engines()  # colocated on GPUs: vLLM sleeps while the learner works
     estimator = ADVANTAGES.get(a.advantage)
     with timer("logprobs"):
         if lc.mini_batches > 1 or lc.epochs > 1:  # else the update's first forward is the old policy
@@ -38,6 +43,7 @@ def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data:
     metrics.update(add_advantages(batch, estimator, a))
     with timer("update"):
         metrics.update(fleet.update(batch))
+    rollouts.settle(timer)  # one step off: the next batch is complete, the engines are idle
     with timer("sync"):
         fleet.sync_weights()
     if eval_due(cfg, step):
@@ -57,7 +63,8 @@ def rl_step(step: int, fleet: Fleet, tokenizer, reward_fn: RewardFunction, data:
         **fleet.peak_memory(),
         **timer.metrics(),
     })
-    metrics["perf/gen_tokens_per_s"] = lengths.sum().item() / max(metrics["timing/generate_s"], 1e-9)
+    gen_s = metrics.get("timing/generate_s", metrics.get("timing/ahead_generate_s", 0.0))
+    metrics["perf/gen_tokens_per_s"] = lengths.sum().item() / max(gen_s, 1e-9)
     trained = sum(len(p) + len(x) for p, x in zip(batch.prompt_ids, batch.response_ids)) * lc.epochs
     metrics["perf/train_tokens_per_s"] = trained / max(metrics["timing/update_s"], 1e-9)
     metrics["workers/restarts"] = float(fleet.restarts)

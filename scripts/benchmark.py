@@ -47,7 +47,8 @@ def main() -> None:
     print(f"workload: {cfg.trainer.prompts_per_step} prompts x {cfg.rollout.n} samples, <= {cfg.rollout.max_new_tokens} "
           f"new tokens, model {cfg.model.path}; median of steps 2..{args.steps}")
     print("| phase | median s |\n|---|---|")
-    for phase in PHASES:
+    overlap = ["ahead_generate", "generate_wait"] if any("timing/ahead_generate_s" in r for r in timed) else []
+    for phase in [*PHASES[:-1], *overlap, PHASES[-1]]:  # one step off: the generation beside the update, and the wait
         print(f"| {phase} | {med(f'timing/{phase}_s'):.2f} |")
     print(f"\ngeneration: {med('perf/gen_tokens_per_s'):.0f} new tokens/s")
     print(f"training:   {med('perf/train_tokens_per_s'):.0f} tokens/s (prompt + response, forward + backward + AdamW)")

@@ -71,3 +71,36 @@ def test_a_failing_worker_is_reported_at_once_not_as_its_peers_timeout():
     with pytest.raises(WorkerError, match=r"sleeper\[0\]\.fail failed"):
         wait_all([a.submit("nap", 20.0), b.submit("fail")], 30.0)
     assert time.monotonic() - t0 < 5
+
+
+class Where:
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def rank_here(self) -> int:
+        return self.rank
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.integration
+def test_colocated_groups_share_each_bundle_and_the_host_owns_it(ray_session):
+    """resources.colocate's placement: guest worker i lands in host bundle i, which reserves
+    both roles' resources; the guest's shutdown leaves the host's placement group alone."""
+    from ray.util.placement_group import placement_group_table
+
+    host = WorkerGroup("host", Where, RoleResources(num_workers=2, cpus_per_worker=0.25), "ray", 60, lambda r: (r,),
+                       bundle_extra=RoleResources(num_workers=2, cpus_per_worker=0.125))
+    try:
+        guest = WorkerGroup("guest", Where, RoleResources(num_workers=2, cpus_per_worker=0.125), "ray", 60,
+                            lambda r: (r,), colocate_with=host)
+        assert host._bundle() == {"CPU": 0.375}  # both roles' CPUs in each bundle
+        assert guest._pg.id == host._pg.id
+        assert guest.call("rank_here") == [0, 1]
+        guest.shutdown()
+        assert placement_group_table(host._pg)["state"] == "CREATED"  # still the host's, and in use
+        assert host.call("rank_here") == [0, 1]
+    finally:
+        host.shutdown()
+    assert placement_group_table(host._pg)["state"] == "REMOVED"

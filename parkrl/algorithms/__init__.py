@@ -1,7 +1,9 @@
 """Pure tensor functions of the RL algorithms: no Ray, no models, no I/O."""
 from parkrl.algorithms.advantages import ADVANTAGES, group_stats
 from parkrl.algorithms.kl import KL_ESTIMATORS
-from parkrl.algorithms.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, LossNorm, PolicyLossOutput
+from parkrl.algorithms.losses import (
+    LOSS_AGGREGATIONS, POLICY_LOSSES, LossNorm, PolicyLossOutput, truncated_is_weights,
+)
 from parkrl.algorithms.registry import Registry
 
 
@@ -25,4 +27,5 @@ __all__ = [
     "Registry",
     "group_stats",
     "registered_names",
+    "truncated_is_weights",
 ]

@@ -6,6 +6,7 @@ A policy loss is `fn(logprobs, old_logprobs, advantages, mask, cfg) -> PolicyLos
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -96,3 +97,14 @@ def seq_mean_token_sum_norm(values: torch.Tensor, mask: torch.Tensor, norm: Loss
     """Sum over tokens / (samples x max_new_tokens): Dr.GRPO's constant normaliser, which
     removes the length bias of per-sample means."""
     return (values * mask).sum() / max(norm.sequences * norm.max_new_tokens, 1.0)
+
+
+def truncated_is_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor,
+                         cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance sampling (TIS) from the policy that generated the tokens to the
+    learner's old policy: w_t = min(pi_old(y_t) / pi_rollout(y_t), cap), no gradient; 1 where
+    the mask is 0. Returns (weights, 1.0 where the cap was hit)."""
+    log_ratio = (old_logprobs - rollout_logprobs).detach()
+    capped = (log_ratio > math.log(cap)) & mask.bool()
+    weights = torch.where(mask.bool(), torch.exp(log_ratio.clamp(max=math.log(cap))), torch.ones_like(log_ratio))
+    return weights, capped.float()

@@ -3,15 +3,16 @@ from parkrl.rollout.types import Completion, SamplingSpec
 
 
 def make_engine(backend: str, model_path: str, dtype: str, max_model_len: int, kv_cache_gib: float,
-                seed: int, cpu_ids: list[int]):
+                seed: int, cpu_ids: list[int], sleep_mode: bool = False):
     """The engine adapter for `rollout.backend` ("vllm" or "hf").
 
     cpu_ids: the cores a CPU engine binds its threads to (ignored on GPU and by HF).
+    sleep_mode: vLLM can free its GPU memory between generations (colocated mode).
     """
     if backend == "vllm":
         from parkrl.rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype, max_model_len, kv_cache_gib, seed, cpu_ids)
+        return VLLMEngine(model_path, dtype, max_model_len, kv_cache_gib, seed, cpu_ids, sleep_mode)
     if backend == "hf":
         from parkrl.rollout.hf_engine import HFEngine
 

@@ -29,7 +29,7 @@ class VLLMEngine:
     """One vLLM `LLM` with parkrl's weight-sync extension in its workers."""
 
     def __init__(self, model_path: str, dtype: str, max_model_len: int, kv_cache_gib: float, seed: int,
-                 cpu_ids: list[int]) -> None:
+                 cpu_ids: list[int], sleep_mode: bool = False) -> None:
         _engine_env(cpu_ids)
         from vllm import LLM
 
@@ -49,6 +49,7 @@ class VLLMEngine:
             # Generator does not use offset" once many long multi-turn prompts are in flight).
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(max_model_len, 8192),
+            enable_sleep_mode=sleep_mode,  # colocated with a learner rank on one GPU (CUDA only)
         )
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
@@ -88,6 +89,20 @@ class VLLMEngine:
         """Receive a full state dict over the sync group, reload it, and drop stale KV cache."""
         self.llm.collective_rpc("parkrl_receive_weights", args=(wire_metas,))
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
+
+    # ---- colocated mode (GPU): give the GPU to the learner between generations ----------------
+    def sleep(self) -> None:
+        """Free the GPU memory of weights and KV cache (level 2: the next sync reloads every weight)."""
+        self.llm.sleep(level=2)
+
+    def wake_up(self, tags: list[str]) -> None:
+        """Re-allocate "weights" (before a sync) or "kv_cache" (after it)."""
+        self.llm.wake_up(tags=tags)
+
+    def receive_shared_weights(self, handles: list) -> None:
+        """Load weights shared by CUDA IPC from the learner rank on this GPU; drop stale KV."""
+        self.llm.collective_rpc("parkrl_receive_shared", args=(handles,))
+        self.llm.reset_prefix_cache()
 
     def shutdown(self) -> None:
         """Stop the engine core (frees its /dev/shm segments) before the process goes away."""

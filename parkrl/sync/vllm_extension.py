@@ -4,12 +4,15 @@ vLLM mixes this class into each of its workers (`LLM(worker_extension_cls=...)`)
 engine reaches it with `llm.collective_rpc("parkrl_...")`. It joins the sync group as one
 rank and reloads the broadcast weights with `reload_weights`, which on CPU restores vLLM's
 repacked linear layers and re-runs post-load processing (plain `load_weights` fails there).
-The whole state dict is reloaded at once, never part of a fused layer.
+The whole state dict is reloaded at once, never part of a fused layer. In colocated mode
+(`resources.colocate`) the weights arrive instead as CUDA IPC handles from the learner rank on
+the same GPU (parkrl.sync.ipc).
 """
 from __future__ import annotations
 
 from parkrl.sync.buckets import TensorMeta, receive_tensors
 from parkrl.sync.group import init_sync_group
+from parkrl.sync.ipc import open_shared
 
 
 class WeightSyncExtension:
@@ -27,3 +30,12 @@ class WeightSyncExtension:
         self.reload_weights(weights_iterator=iter(named))
         return len(named)
 
+
+    def parkrl_receive_shared(self, handles: list) -> int:
+        """Colocated mode: load weights the learner rank on this GPU shared by CUDA IPC."""
+        import torch
+
+        named = open_shared(handles, torch.cuda.current_device())
+        self.reload_weights(weights_iterator=iter(named))
+        torch.cuda.synchronize()  # loaded before the learner frees its copies
+        return len(named)

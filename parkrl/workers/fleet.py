@@ -32,9 +32,11 @@ class Fleet:
         self.reward_models: list[WorkerGroup] = []
         try:
             self.learner = WorkerGroup("learner", learner_class(cfg.learner.backend), res.learner, t.runtime, t.worker_timeout_s,
-                                       lambda rank: (cfg, model_path, rank, n_learners))
+                                       lambda rank: (cfg, model_path, rank, n_learners),
+                                       bundle_extra=res.rollout if res.colocate else None)
             self.rollout = WorkerGroup("rollout", RolloutWorker, res.rollout, t.runtime, t.worker_timeout_s,
-                                       lambda rank: (cfg, model_path, rank))
+                                       lambda rank: (cfg, model_path, rank),
+                                       colocate_with=self.learner if res.colocate else None)
             self.reward_models = [
                 WorkerGroup(f"reward_model{k}", RewardModelWorker, spec.resources, t.runtime, t.worker_timeout_s,
                             lambda rank, spec=spec: (spec, rank))
@@ -43,7 +45,8 @@ class Fleet:
             host, port = self.learner.call("free_address", ranks=[0])[0]
             self.learner.call("setup", host, port)
             self._metas = self.learner.call("weight_metas", ranks=[0])[0]
-            self._join_sync_group()
+            if not res.colocate:  # colocated pairs hand weights over by CUDA IPC instead
+                self._join_sync_group()
         except BaseException:
             self.shutdown()
             raise
@@ -136,8 +139,24 @@ class Fleet:
         return self.learner.call_each("update", [(batch.select(s),) for s in shards])[0]
 
     def sync_weights(self) -> None:
-        """Broadcast the learner's weights to every engine (bucketed, with timeouts)."""
-        self._recovering(self._sync_weights)
+        """Broadcast the learner's weights to every engine (bucketed, with timeouts); colocated,
+        wake the engines and hand each the weights of the learner rank on its GPU."""
+        self._recovering(self._share_weights if self.cfg.resources.colocate else self._sync_weights)
+
+    def release_engines(self) -> None:
+        """Colocated mode: the engines free their GPU memory for the learner (sleep) until the
+        next sync wakes them. A no-op otherwise."""
+        if self.cfg.resources.colocate:
+            self.rollout.call("sleep")
+
+    def _share_weights(self) -> None:
+        self.rollout.call("wake_up", ["weights"])
+        handles = self.learner.call("share_weights", self._metas)  # learner rank i and engine i share a GPU
+        try:
+            self.rollout.call_each("receive_shared_weights", [(h,) for h in handles])
+        finally:
+            self.learner.call("release_shared_weights")
+        self.rollout.call("wake_up", ["kv_cache"])
 
     def _sync_weights(self) -> None:
         wait_all([

@@ -12,6 +12,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from parkrl.models.loading import resolve_dtype
 from parkrl.models.lora import plain_names
+from parkrl.sync.buckets import TensorMeta
+from parkrl.sync.ipc import share
 from parkrl.workers.learner import Learner
 
 
@@ -53,6 +55,20 @@ class FSDPLearner(Learner):
 
     def _full_state_dict_metas(self) -> dict[str, torch.Tensor]:
         return dict(plain_names(self.policy.lm.state_dict().items()))  # DTensors carry global shapes
+
+    def share_weights(self, wire_metas: list) -> list:
+        """Colocated mode, collective: the full weights on this rank's GPU in the engines' dtype,
+        as CUDA IPC handles for the engine on the same GPU; kept alive until
+        `release_shared_weights`."""
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=False)  # full tensors on every rank
+        state = self._merged(get_model_state_dict(self.policy.lm, options=opts))
+        metas = [TensorMeta.from_wire(row) for row in wire_metas]
+        self._shared = {m.name: state[m.name].to(getattr(torch, m.dtype)).contiguous() for m in metas}
+        return share(self._shared)
+
+    def release_shared_weights(self) -> None:
+        self._shared = None
+        torch.cuda.empty_cache()
 
     def _train_state(self) -> dict[str, dict]:
         """Sharded model and optimizer state dicts (DTensors), as torch.distributed.checkpoint

@@ -46,11 +46,18 @@ class WorkerGroup:
     """`resources.num_workers` instances of `cls`, created with `init_args(rank)`."""
 
     def __init__(self, role: str, cls: type, resources: RoleResources, runtime: str,
-                 timeout_s: float, init_args: Callable[[int], tuple]) -> None:
+                 timeout_s: float, init_args: Callable[[int], tuple], colocate_with: "WorkerGroup | None" = None,
+                 bundle_extra: RoleResources | None = None) -> None:
+        """colocate_with: put worker i into that group's placement bundle i (same node, same
+        GPU); bundle_extra: resources this group's bundles reserve for such a guest group."""
         self.role, self.runtime, self.timeout_s = role, runtime, timeout_s
         n = resources.num_workers
         self._cls, self._resources, self._init_args = cls, resources, init_args
-        if runtime == "ray":
+        self._bundle_extra, self._owns_pg = bundle_extra, colocate_with is None
+        if runtime == "ray" and colocate_with is not None:
+            self._pg = colocate_with._pg
+            self.workers = [self._start_actor(i) for i in range(n)]
+        elif runtime == "ray":
             from ray.util.placement_group import placement_group
 
             labels = dict(resources.node_labels)
@@ -71,9 +78,13 @@ class WorkerGroup:
             self.workers = self._wait(Pending(self, "__init__", list(range(n)), made))
 
     def _bundle(self) -> dict[str, float]:
-        bundle = {"CPU": self._resources.cpus_per_worker, **self._resources.custom_resources}
-        if self._resources.gpus_per_worker:
-            bundle["GPU"] = self._resources.gpus_per_worker
+        bundle: dict[str, float] = {}
+        for res in (self._resources, self._bundle_extra):
+            if res is None:
+                continue
+            for key, amount in (("CPU", res.cpus_per_worker), ("GPU", res.gpus_per_worker), *res.custom_resources.items()):
+                if amount:
+                    bundle[key] = bundle.get(key, 0.0) + amount
         return bundle
 
     def node_ids(self) -> list[str]:
@@ -169,7 +180,8 @@ class WorkerGroup:
 
                 for w in self.workers:
                     ray.kill(w)
-                remove_placement_group(self._pg)
+                if self._owns_pg:
+                    remove_placement_group(self._pg)
             else:
                 for t in self._threads:
                     t.shutdown(wait=False, cancel_futures=True)

@@ -23,7 +23,7 @@ class RolloutWorker:
         self.engine = make_engine(
             r.backend, model_path, dtype=str(resolve_dtype(r.dtype)).removeprefix("torch."),
             max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib, seed=cfg.trainer.seed + rank,
-            cpu_ids=cpu_slot(rank, cpus),
+            cpu_ids=cpu_slot(rank, cpus), sleep_mode=cfg.resources.colocate,
         )
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
@@ -49,6 +49,16 @@ class RolloutWorker:
 
     def receive_weights(self, wire_metas: list) -> None:
         self.engine.receive_weights(wire_metas)
+
+    # colocated mode (resources.colocate): the engine shares a GPU with learner rank `rank`
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake_up(self, tags: list[str]) -> None:
+        self.engine.wake_up(tags)
+
+    def receive_shared_weights(self, handles: list) -> None:
+        self.engine.receive_shared_weights(handles)
 
     def peak_rss_gib(self) -> float:
         return peak_rss_gib()
