@@ -40,7 +40,9 @@ def test_one_step_off_run_trains_on_the_previous_weights_batch(tiny_model_dir, t
         # a lot), and the importance weights differ from 1 to correct for it.
         assert r["rollout/logprob_diff"] > 20 * SYNC_OK
         assert abs(r["rollout/is_weight_mean"] - 1.0) > 1e-3
-        assert "timing/ahead_generate_s" in r and "timing/generate_wait_s" in r
+        assert "timing/ahead_generate_s" in r and "timing/generate_s" not in r  # generated during the step before
+    # Every step but the last started the next batch and waited for it before its sync.
+    assert ["timing/generate_wait_s" in r for r in steps] == [True, True, True, False]
     assert "eval/accuracy" in rows[-1]  # eval after a sync that waited for the batch ahead
     # The checkpoint after step 2 records the sampler after 2 batches, not after the one drawn ahead,
     # so a resume draws that batch's prompts again.
