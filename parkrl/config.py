@@ -71,6 +71,9 @@ class LearnerConfig:
     # many to a pass, long ones few, at most micro_batch_size each. 0 = fixed micro_batch_size.
     max_tokens_per_micro_batch: int = 0
     gradient_checkpointing: bool = False
+    # Pack each distinct prompt once per micro-batch with its samples' responses behind it, under a
+    # block mask (same outputs and gradients; a GRPO group of n computes its prompt once, not n times).
+    share_prompts: bool = True
     critic_lr: float = 1e-5  # the value model's learning rate (advantage=gae only)
     # LoRA (PEFT): rank > 0 trains adapters on `lora_targets` and freezes the policy's other
     # weights; the engines receive merged weights. 0 = full fine-tuning. (The critic trains fully.)
@@ -279,6 +282,9 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
             f"trainer.sync_timeout_s={cfg.trainer.sync_timeout_s} must be below trainer.worker_timeout_s="
             f"{cfg.trainer.worker_timeout_s}, so a failed sync is reported as itself, not as a hang"
         )
+    if 0 < cfg.algorithm.rollout_is_cap < 1:
+        p.append(f"algorithm.rollout_is_cap={cfg.algorithm.rollout_is_cap}: 0 (no correction) or >= 1 (a cap "
+                 f"below 1 would down-weight every token)")
     if cfg.learner.grad_clip <= 0:
         p.append(f"learner.grad_clip={cfg.learner.grad_clip}: must be > 0")
     if cfg.algorithm.dynamic_sampling_max_rounds < 1:

@@ -1,6 +1,8 @@
 """Cutting a learner rank's samples into micro-batches (one forward/backward each).
 
-Samples are sorted by length first, so each micro-batch pads to a similar length. With
+Samples are sorted by length first, so each micro-batch pads to a similar length (or by
+prompt, then length, when samples of a group share their prompt's forward: see
+parkrl.models.response.SharedPromptBatch). With
 `learner.max_tokens_per_micro_batch` set, a micro-batch holds as many samples as fit in that
 many padded tokens (rows x longest row), so short samples go many to a pass and long ones few:
 every pass costs about the same, and memory is bounded by tokens rather than by sample count.
@@ -10,20 +12,23 @@ The loss is normalised over the whole mini-batch, so how it is cut does not chan
 from __future__ import annotations
 
 
-def plan_micro_batches(lengths: list[int], max_samples: int, max_tokens: int = 0) -> list[list[int]]:
-    """Row indices of each micro-batch. `max_tokens` = 0: fixed `max_samples` per micro-batch;
-    else up to `max_samples` rows while rows x longest row <= `max_tokens` (a row longer than
-    the budget goes alone)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def plan_micro_batches(lengths: list[int], max_samples: int, max_tokens: int = 0,
+                       keys: list | None = None) -> list[list[int]]:
+    """Row indices of each micro-batch, rows taken in order of `keys` (default: `lengths`).
+    `max_tokens` = 0: fixed `max_samples` per micro-batch; else up to `max_samples` rows while
+    rows x longest row <= `max_tokens` (a row longer than the budget goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i] if keys is None else keys[i])
     if max_tokens <= 0:
         return [order[k:k + max_samples] for k in range(0, len(order), max_samples)]
     plans: list[list[int]] = []
     current: list[int] = []
-    for i in order:  # ascending: the newest row is the longest one so far
-        if current and ((len(current) + 1) * lengths[i] > max_tokens or len(current) == max_samples):
+    longest = 0
+    for i in order:
+        if current and ((len(current) + 1) * max(longest, lengths[i]) > max_tokens or len(current) == max_samples):
             plans.append(current)
-            current = []
+            current, longest = [], 0
         current.append(i)
+        longest = max(longest, lengths[i])
     if current:
         plans.append(current)
     return plans

@@ -129,7 +129,8 @@ def evaluate(fleet: Fleet, tokenizer, reward_fn: RewardFunction, eval_samples: l
 
 
 def logprob_diff(learner_logprobs: list[list[float]], batch: TrajectoryBatch) -> float:
-    """Mean |learner logprob - rollout logprob| over trained tokens (same policy version)."""
+    """Mean |learner logprob - rollout logprob| over trained tokens (the same policy version,
+    unless rollout.one_step_off: then the learner is one update ahead)."""
     total, count = 0.0, 0
     for lp, rp, mask in zip(learner_logprobs, batch.rollout_logprobs, batch.loss_mask):
         for a, b, m in zip(lp, rp, mask):

@@ -109,12 +109,13 @@ def test_cli_config_errors_exit_before_any_worker_starts(tmp_path):
 
 def test_colocation_and_learner_backend_problems_name_the_keys():
     cfg = load("resources.colocate=true", "resources.rollout.num_workers=2", "resources.learner.gpus_per_worker=0.5",
-               "rollout.one_step_off=true", "learner.backend=deepspeed", "learner.zero_stage=1")
+               "rollout.one_step_off=true", "learner.backend=deepspeed", "learner.zero_stage=1",
+               "algorithm.rollout_is_cap=0.5")
     with pytest.raises(ConfigError) as e:
         validate(cfg, registered_names())
     msg = str(e.value)
     for key in ("resources.rollout.num_workers=2", "gpus_per_worker = 0.5 + 0.0 must be 1", "learner.backend=fsdp2",
-                "rollout.one_step_off=true exclude", "learner.zero_stage=1"):
+                "rollout.one_step_off=true exclude", "learner.zero_stage=1", "algorithm.rollout_is_cap=0.5: 0"):
         assert key in msg, key
     ok = load("resources.colocate=true", "resources.learner.gpus_per_worker=0.5", "resources.rollout.gpus_per_worker=0.5")
     validate(ok, registered_names())  # one learner rank and one engine sharing a GPU

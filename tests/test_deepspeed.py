@@ -1,8 +1,9 @@
 """The DeepSpeed ZeRO learner (learner.backend=deepspeed) against the FSDP2 one: the same batch
 on 2 ranks gives the same gradient norms and the same weights after two updates, at ZeRO
 stages 2 and 3, with token-budget micro-batches that give the ranks different pass counts.
-Then whole runs through Ray and vLLM: the sync delivers the learner's weights, checkpoints
-resume, and the reference (KL) and critic (PPO) ride on DeepSpeed engines."""
+Then a whole ZeRO-2 run through Ray and vLLM with KL in the loss: the sync delivers the
+learner's weights and final/ is a plain HF model. (Exact resume of PPO, with its critic and
+reference on ZeRO-3 engines, is in tests/test_checkpoint.py.)"""
 import os
 import socket
 

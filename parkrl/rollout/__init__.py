@@ -3,16 +3,17 @@ from parkrl.rollout.types import Completion, SamplingSpec
 
 
 def make_engine(backend: str, model_path: str, dtype: str, max_model_len: int, kv_cache_gib: float,
-                seed: int, cpu_ids: list[int], sleep_mode: bool = False):
+                seed: int, cpu_ids: list[int], sleep_mode: bool = False, gpu_share: float = 0.9):
     """The engine adapter for `rollout.backend` ("vllm" or "hf").
 
     cpu_ids: the cores a CPU engine binds its threads to (ignored on GPU and by HF).
-    sleep_mode: vLLM can free its GPU memory between generations (colocated mode).
+    sleep_mode: vLLM can free its GPU memory between generations (colocated mode), where
+    gpu_share is the fraction of the GPU the engine may assume free at start.
     """
     if backend == "vllm":
         from parkrl.rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype, max_model_len, kv_cache_gib, seed, cpu_ids, sleep_mode)
+        return VLLMEngine(model_path, dtype, max_model_len, kv_cache_gib, seed, cpu_ids, sleep_mode, gpu_share)
     if backend == "hf":
         from parkrl.rollout.hf_engine import HFEngine
 

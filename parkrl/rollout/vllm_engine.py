@@ -29,7 +29,7 @@ class VLLMEngine:
     """One vLLM `LLM` with parkrl's weight-sync extension in its workers."""
 
     def __init__(self, model_path: str, dtype: str, max_model_len: int, kv_cache_gib: float, seed: int,
-                 cpu_ids: list[int], sleep_mode: bool = False) -> None:
+                 cpu_ids: list[int], sleep_mode: bool = False, gpu_share: float = 0.9) -> None:
         _engine_env(cpu_ids)
         from vllm import LLM
 
@@ -50,6 +50,8 @@ class VLLMEngine:
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(max_model_len, 8192),
             enable_sleep_mode=sleep_mode,  # colocated with a learner rank on one GPU (CUDA only)
+            # vLLM checks at start that this share of the GPU is free; colocated, it is this role's share.
+            gpu_memory_utilization=gpu_share,
         )
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
@@ -99,7 +101,7 @@ class VLLMEngine:
         """Re-allocate "weights" (before a sync) or "kv_cache" (after it)."""
         self.llm.wake_up(tags=tags)
 
-    def receive_shared_weights(self, handles: list) -> None:
+    def receive_shared_weights(self, handles: bytes) -> None:
         """Load weights shared by CUDA IPC from the learner rank on this GPU; drop stale KV."""
         self.llm.collective_rpc("parkrl_receive_shared", args=(handles,))
         self.llm.reset_prefix_cache()

@@ -31,7 +31,7 @@ class WeightSyncExtension:
         return len(named)
 
 
-    def parkrl_receive_shared(self, handles: list) -> int:
+    def parkrl_receive_shared(self, handles: bytes) -> int:
         """Colocated mode: load weights the learner rank on this GPU shared by CUDA IPC."""
         import torch
 

@@ -4,7 +4,8 @@ gradients sharded) or 3 (weights too), per `learner.zero_stage`, with torch's Ad
 Gradient accumulation is left to parkrl (`managed_gradient_accumulation: false`): a rank runs
 as many micro-batches as its token budget needs and `step()` is the boundary, so DeepSpeed's
 batch-size keys are placeholders. Checkpoints are DeepSpeed's own (per-rank ZeRO shards); they
-resume at the same learner world size.
+resume at the same learner world size. Each rank loads the whole model before ZeRO-3
+partitions it (no `zero.Init`), so a rank must hold the full model at start-up.
 """
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ from parkrl.workers.learner import Learner
 
 
 def _deepspeed():
-    """Import DeepSpeed with its accelerator pinned to this process's device; a clear error when
-    it is not installed."""
+    """Import DeepSpeed, with an error that says how to install it."""
     try:
         import deepspeed
     except ImportError as e:
@@ -43,8 +43,10 @@ class DeepSpeedLearner(Learner):
             "zero_force_ds_cpu_optimizer": False,  # torch's AdamW, like the FSDP2 backend
             "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False,
         }
-        if resolve_dtype(lc.dtype) == torch.bfloat16:
+        if resolve_dtype(lc.dtype) == torch.bfloat16:  # bf16 compute; gradients summed and reduced in fp32, as FSDP2
             conf["bf16"] = {"enabled": True}
+            conf["data_types"] = {"grad_accum_dtype": "fp32"}
+            conf["communication_data_type"] = "fp32"
         return conf
 
     def _wrap(self, model: torch.nn.Module, lr: float | None) -> tuple[torch.nn.Module, object]:
@@ -52,8 +54,8 @@ class DeepSpeedLearner(Learner):
         if lr is not None:
             trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
             optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=self.cfg.learner.weight_decay)
-        elif self.cfg.learner.zero_stage < 3:
-            return model, None  # a frozen model has nothing to shard below stage 3
+        elif self.cfg.learner.zero_stage < 3:  # a frozen model has nothing to shard below stage 3
+            return model.to(resolve_dtype(self.cfg.learner.dtype)), None  # the policy's compute dtype
         # DeepSpeed reads the local device index from the launcher's env; a Ray actor sees only its own GPU(s).
         os.environ.setdefault("LOCAL_RANK", str(self.device.index or 0))
         engine, ds_optimizer, _, _ = _deepspeed().initialize(model=model, optimizer=optimizer, config=self._ds_config())
@@ -116,6 +118,5 @@ class DeepSpeedLearner(Learner):
             load_path, _ = engine.load_checkpoint(path, tag=name, load_optimizer_states=True,
                                                   load_lr_scheduler_states=False)
             if load_path is None:
-                raise RuntimeError(f"DeepSpeed could not load the {name} from {path} (saved at another "
-                                   "learner world size? ZeRO checkpoints resume at the same one)")
+                raise RuntimeError(f"DeepSpeed could not load the {name} from {path}")
 

@@ -7,6 +7,7 @@ controller never deals with ranks.
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable, TypeVar
 
 from parkrl.batch import TrajectoryBatch
@@ -28,6 +29,10 @@ class Fleet:
         n_learners = res.learner.num_workers
         self.cfg = cfg
         self.restarts = 0  # rollout workers restarted so far
+        # Collective learner calls from two threads (one step off: an engine restart's re-sync in
+        # the background beside the update) must not interleave across ranks.
+        self._learner_lock = threading.RLock()
+        self._closed = False
         self.learner = self.rollout = None
         self.reward_models: list[WorkerGroup] = []
         try:
@@ -42,10 +47,15 @@ class Fleet:
                             lambda rank, spec=spec: (spec, rank))
                 for k, spec in enumerate(cfg.reward.models)
             ]
+            if res.colocate:  # the engines take their GPU memory first, then free it for the learner
+                self.rollout.call("peak_rss_gib")  # waits for every engine to be up
+                self.rollout.call("sleep")
             host, port = self.learner.call("free_address", ranks=[0])[0]
             self.learner.call("setup", host, port)
             self._metas = self.learner.call("weight_metas", ranks=[0])[0]
-            if not res.colocate:  # colocated pairs hand weights over by CUDA IPC instead
+            if res.colocate:  # colocated pairs hand weights over by CUDA IPC instead of a sync group
+                self._share_weights()
+            else:
                 self._join_sync_group()
         except BaseException:
             self.shutdown()
@@ -98,6 +108,8 @@ class Fleet:
         engines are probed rather than trusting which error arrived first."""
         dead: list[int] = []
         while True:
+            if self._closed:
+                raise RuntimeError("the fleet is shut down")
             try:
                 if dead:
                     self._restart_engines(dead)
@@ -120,13 +132,17 @@ class Fleet:
         for rank in ranks:
             self.rollout.restart(rank)
             self.restarts += 1
-        self._join_sync_group()  # survivors still inside a broadcast join once it times out
-        self._sync_weights()
+        if self.cfg.resources.colocate:
+            self._share_weights()
+        else:
+            self._join_sync_group()  # survivors still inside a broadcast join once it times out
+            self._sync_weights()
 
     def per_token(self, batch: TrajectoryBatch, model: str) -> list[list[float]]:
         """Per-token values of every sample: logprobs under "policy" or "reference", or "critic" values."""
         shards = batch.shard_indices(len(self.learner))
-        parts = self.learner.call_each("per_token", [(batch.select(s), model) for s in shards])
+        with self._learner_lock:
+            parts = self.learner.call_each("per_token", [(batch.select(s), model) for s in shards])
         out: list[list[float]] = [[] for _ in range(len(batch))]
         for rows, values in zip(shards, parts):
             for i, v in zip(rows, values):
@@ -136,7 +152,8 @@ class Fleet:
     def update(self, batch: TrajectoryBatch) -> dict[str, float]:
         """One training step on the batch; returns the learner's metrics (same on every rank)."""
         shards = batch.shard_indices(len(self.learner))
-        return self.learner.call_each("update", [(batch.select(s),) for s in shards])[0]
+        with self._learner_lock:
+            return self.learner.call_each("update", [(batch.select(s),) for s in shards])[0]
 
     def sync_weights(self) -> None:
         """Broadcast the learner's weights to every engine (bucketed, with timeouts); colocated,
@@ -150,19 +167,21 @@ class Fleet:
             self.rollout.call("sleep")
 
     def _share_weights(self) -> None:
-        self.rollout.call("wake_up", ["weights"])
-        handles = self.learner.call("share_weights", self._metas)  # learner rank i and engine i share a GPU
-        try:
-            self.rollout.call_each("receive_shared_weights", [(h,) for h in handles])
-        finally:
-            self.learner.call("release_shared_weights")
-        self.rollout.call("wake_up", ["kv_cache"])
+        with self._learner_lock:
+            self.rollout.call("wake_up", ["weights"])
+            handles = self.learner.call("share_weights", self._metas)  # learner rank i and engine i share a GPU
+            try:
+                self.rollout.call_each("receive_shared_weights", [(h,) for h in handles])
+            finally:
+                self.learner.call("release_shared_weights")
+            self.rollout.call("wake_up", ["kv_cache"])
 
     def _sync_weights(self) -> None:
-        wait_all([
-            self.learner.submit("push_weights", self._metas),
-            self.rollout.submit("receive_weights", self._metas),
-        ], self.cfg.trainer.worker_timeout_s)
+        with self._learner_lock:
+            wait_all([
+                self.learner.submit("push_weights", self._metas),
+                self.rollout.submit("receive_weights", self._metas),
+            ], self.cfg.trainer.worker_timeout_s)
 
     def peak_memory(self) -> dict[str, float]:
         """Peak RSS of the largest worker of each role, in GiB."""
@@ -171,14 +190,17 @@ class Fleet:
 
     def save_checkpoint(self, path: str) -> None:
         """Every learner rank writes its shards of the training state under `path`."""
-        self.learner.call("save_checkpoint", path)
+        with self._learner_lock:
+            self.learner.call("save_checkpoint", path)
 
     def load_checkpoint(self, path: str) -> None:
         """Every learner rank reads its training state from `path` (then call sync_weights)."""
-        self.learner.call("load_checkpoint", path)
+        with self._learner_lock:
+            self.learner.call("load_checkpoint", path)
 
     def save_hf(self, path: str) -> None:
-        self.learner.call("save_hf", path)
+        with self._learner_lock:
+            self.learner.call("save_hf", path)
 
     def model_rewards(self, prompts: list[str], completions: list[str]) -> list[float]:
         """Sum over `reward.models` of weight * score, pairs spread over each model's workers."""
@@ -193,6 +215,7 @@ class Fleet:
 
     def shutdown(self) -> None:
         """Shut every engine down first (frees its shared memory), then the learner ranks."""
+        self._closed = True  # a phase still running in another thread fails instead of restarting engines
         for group in (self.rollout, self.learner, *self.reward_models):
             if group is not None:
                 try:

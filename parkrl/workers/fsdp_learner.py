@@ -56,18 +56,20 @@ class FSDPLearner(Learner):
     def _full_state_dict_metas(self) -> dict[str, torch.Tensor]:
         return dict(plain_names(self.policy.lm.state_dict().items()))  # DTensors carry global shapes
 
-    def share_weights(self, wire_metas: list) -> list:
+    def share_weights(self, wire_metas: list) -> bytes:
         """Colocated mode, collective: the full weights on this rank's GPU in the engines' dtype,
         as CUDA IPC handles for the engine on the same GPU; kept alive until
         `release_shared_weights`."""
         opts = StateDictOptions(full_state_dict=True, cpu_offload=False)  # full tensors on every rank
         state = self._merged(get_model_state_dict(self.policy.lm, options=opts))
-        metas = [TensorMeta.from_wire(row) for row in wire_metas]
-        self._shared = {m.name: state[m.name].to(getattr(torch, m.dtype)).contiguous() for m in metas}
+        self._shared = {}
+        for m in (TensorMeta.from_wire(row) for row in wire_metas):  # cast one tensor at a time
+            self._shared[m.name] = state.pop(m.name).to(getattr(torch, m.dtype)).contiguous()
         return share(self._shared)
 
     def release_shared_weights(self) -> None:
         self._shared = None
+        torch.cuda.ipc_collect()  # the engine has let go of the handles
         torch.cuda.empty_cache()
 
     def _train_state(self) -> dict[str, dict]:

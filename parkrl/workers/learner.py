@@ -35,7 +35,9 @@ from parkrl.config import Config
 from parkrl.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
 from parkrl.microbatch import plan_micro_batches, split_to_count
 from parkrl.models.lora import add_lora, merged_state
-from parkrl.models.response import PaddedBatch, ResponseLogprobs, ResponseValues, pad_samples
+from parkrl.models.response import (
+    PaddedBatch, ResponseLogprobs, ResponseValues, SharedPromptBatch, pad_samples, share_prompts,
+)
 from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors
 from parkrl.sync.group import free_port, init_sync_group, node_ip
 from parkrl.workers.process import import_plugins, peak_rss_gib, set_torch_threads
@@ -130,19 +132,23 @@ class Learner:
         return merged_state(state, lc.lora_alpha / lc.lora_rank) if lc.lora_rank > 0 and state else state
 
     # ---- logprobs and update ------------------------------------------------------------------
-    def _micro_batches(self, batch: TrajectoryBatch) -> list[tuple[list[int], PaddedBatch]]:
+    def _micro_batches(self, batch: TrajectoryBatch) -> list[tuple[list[int], PaddedBatch | SharedPromptBatch]]:
         """Collective: micro-batches of similar-length samples (parkrl.microbatch), with their
-        row indices; the same number on every rank."""
+        row indices; the same number on every rank. With `learner.share_prompts` a group's
+        samples go together and its prompt runs once per micro-batch (parkrl.models.response)."""
         lc = self.cfg.learner
-        lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
-        plans = plan_micro_batches(lengths, lc.micro_batch_size, lc.max_tokens_per_micro_batch)
+        prompts, responses = batch.prompt_ids, batch.response_ids
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+        keys = [(len(p), p, len(r)) for p, r in zip(prompts, responses)] if lc.share_prompts else None
+        plans = plan_micro_batches(lengths, lc.micro_batch_size, lc.max_tokens_per_micro_batch, keys)
         count = torch.tensor([len(plans)])
         dist.all_reduce(count, op=dist.ReduceOp.MAX)  # every rank runs as many passes (collectives)
+        layout = share_prompts if lc.share_prompts else pad_samples
         out = []
         for rows in split_to_count(plans, int(count)):
-            padded = pad_samples([batch.prompt_ids[i] for i in rows], [batch.response_ids[i] for i in rows],
-                                 [batch.loss_mask[i] for i in rows], self.pad_id)
-            out.append((rows, padded.to(self.device)))
+            mb = layout([prompts[i] for i in rows], [responses[i] for i in rows], [batch.loss_mask[i] for i in rows],
+                        self.pad_id)
+            out.append((rows, mb.to(self.device)))
         return out
 
     @torch.no_grad()
@@ -200,7 +206,7 @@ class Learner:
         dist.all_reduce(sizes)
         return LossNorm(tokens=sizes[0].item(), sequences=sizes[1].item(), max_new_tokens=self.cfg.rollout.max_new_tokens)
 
-    def _loss(self, mini: TrajectoryBatch, rows: list[int], mb: PaddedBatch, norm: LossNorm,
+    def _loss(self, mini: TrajectoryBatch, rows: list[int], mb: PaddedBatch | SharedPromptBatch, norm: LossNorm,
               stats: dict[str, float]) -> torch.Tensor:
         """The loss of one micro-batch (policy loss, KL, entropy bonus); adds to `stats`."""
         a = self.cfg.algorithm
@@ -243,7 +249,7 @@ class Learner:
         stats["tokens"] += m.sum().item()
         return loss
 
-    def _value_loss(self, mini: TrajectoryBatch, rows: list[int], mb: PaddedBatch, norm: LossNorm,
+    def _value_loss(self, mini: TrajectoryBatch, rows: list[int], mb: PaddedBatch | SharedPromptBatch, norm: LossNorm,
                     stats: dict[str, float]) -> torch.Tensor:
         """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- value_clip) - R)^2)."""
         a = self.cfg.algorithm

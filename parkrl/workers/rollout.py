@@ -24,6 +24,7 @@ class RolloutWorker:
             r.backend, model_path, dtype=str(resolve_dtype(r.dtype)).removeprefix("torch."),
             max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib, seed=cfg.trainer.seed + rank,
             cpu_ids=cpu_slot(rank, cpus), sleep_mode=cfg.resources.colocate,
+            gpu_share=cfg.resources.rollout.gpus_per_worker if cfg.resources.colocate else 0.9,
         )
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
@@ -57,7 +58,7 @@ class RolloutWorker:
     def wake_up(self, tags: list[str]) -> None:
         self.engine.wake_up(tags)
 
-    def receive_shared_weights(self, handles: list) -> None:
+    def receive_shared_weights(self, handles: bytes) -> None:
         self.engine.receive_shared_weights(handles)
 
     def peak_rss_gib(self) -> float:
