@@ -72,7 +72,8 @@ class LearnerConfig:
     max_tokens_per_micro_batch: int = 0
     gradient_checkpointing: bool = False
     # Pack each distinct prompt once per micro-batch with its samples' responses behind it, under a
-    # block mask (same outputs and gradients; a GRPO group of n computes its prompt once, not n times).
+    # block mask (same outputs and gradients; a GRPO group of n computes its prompt once, not n
+    # times). Used for a micro-batch when it saves >= 25% of the tokens and rows stay <= 4096.
     share_prompts: bool = True
     critic_lr: float = 1e-5  # the value model's learning rate (advantage=gae only)
     # LoRA (PEFT): rank > 0 trains adapters on `lora_targets` and freezes the policy's other

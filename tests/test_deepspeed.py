@@ -57,10 +57,15 @@ def test_zero_updates_match_fsdp2(tiny_model_dir, tmp_path, stage):
     assert zero["norms"] == pytest.approx(fsdp["norms"], rel=1e-4)
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert set(zero["state"]) == set(fsdp["state"]) == set(initial)
-    moved = 0
+    moved, gap, step = 0, 0.0, 0.0
     for name, w in fsdp["state"].items():
-        torch.testing.assert_close(zero["state"][name], w, rtol=1e-4, atol=1e-5, msg=name)  # Adam steps are 2e-3 here
+        # Adam turns tiny summation-order differences of near-zero gradients into visible ones,
+        # so each element gets 10% of one lr step; the updates as a whole must agree to 0.1%.
+        torch.testing.assert_close(zero["state"][name], w, rtol=0, atol=1e-4, msg=name)
+        gap += (zero["state"][name] - w).double().norm() ** 2
+        step += (w - initial[name]).double().norm() ** 2
         moved += not torch.equal(w, initial[name])
+    assert gap.sqrt() < 1e-3 * step.sqrt()
     assert moved > len(initial) // 2  # the updates changed most tensors
 
 
