@@ -37,6 +37,10 @@ def _rank(rank: int, backend: str, stage: int, model_dir: str, port: int, out: s
     if rank == 0:
         torch.save({"norms": norms, "state": state}, out)
     learner.shutdown()
+    # Skip interpreter teardown: DeepSpeed's comm objects, torn down after the process group,
+    # now and then abort the process at exit ("terminate called without an active exception").
+    # In a run the learner is a Ray actor that is killed after shutdown, so this never shows there.
+    os._exit(0)
 
 
 def _run(backend: str, stage: int, model_dir: str, out: str) -> dict:

@@ -53,7 +53,7 @@ class DeepSpeedLearner(Learner):
         optimizer = None
         if lr is not None:
             trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
-            optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=self.cfg.learner.weight_decay)
+            optimizer = self._adamw(trainable, lr)
         elif self.cfg.learner.zero_stage < 3:  # a frozen model has nothing to shard below stage 3
             return model.to(resolve_dtype(self.cfg.learner.dtype)), None  # the policy's compute dtype
         # DeepSpeed reads the local device index from the launcher's env; a Ray actor sees only its own GPU(s).

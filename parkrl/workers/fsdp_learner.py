@@ -31,7 +31,7 @@ class FSDPLearner(Learner):
         if lr is None:
             return model, None
         trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
-        return model, torch.optim.AdamW(trainable, lr=lr, weight_decay=self.cfg.learner.weight_decay)
+        return model, self._adamw(trainable, lr)
 
     def _backward(self, model: torch.nn.Module, optimizer: object, loss: torch.Tensor) -> None:
         (loss * self.world_size).backward()  # FSDP averages gradients over ranks
