@@ -47,6 +47,7 @@ def main() -> None:
         beta=0.0, num_generations=8, per_device_train_batch_size=64, gradient_accumulation_steps=1,
         max_completion_length=32, temperature=1.0, bf16=args.bf16, use_cpu=True, shuffle_dataset=False,
         logging_steps=1, save_strategy="no", report_to=[], seed=0, dataloader_num_workers=0,
+        gradient_checkpointing=False,  # its fastest setting here: memory is not the limit
     )
     log = open(f"{args.out}/steps.jsonl", "w")
     timing = {"generate_s": 0.0}
