@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -102,10 +101,7 @@ def main() -> int:
     cfg.learner.micro_batch_size = 4
     cfg.resources.learner.cpus_per_worker = 4
     learner = FSDPLearner(cfg, model_dir, rank=0, world_size=1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    learner.setup("127.0.0.1", port)
+    learner.setup(*learner.free_address())
     b = batch()
     learner.update(b)  # the weights now differ from the engine's random init
     metas = learner.weight_metas()

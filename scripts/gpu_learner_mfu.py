@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -67,10 +66,7 @@ def main() -> int:
     cfg.learner.gradient_checkpointing, cfg.learner.share_prompts = args.checkpointing, False
     cfg.resources.learner.cpus_per_worker = 4
     learner = FSDPLearner(cfg, path, rank=0, world_size=1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    learner.setup("127.0.0.1", port)
+    learner.setup(*learner.free_address())
     g = torch.Generator().manual_seed(0)
     resp = args.seq - args.prompt
     prompts = [torch.randint(2, mc.vocab_size, (args.prompt,), generator=g).tolist() for _ in range(args.batch)]
