@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,6 +93,7 @@ def main() -> None:
     t0 = time.monotonic()
     train(cfg)
     parkrl_wall = time.monotonic() - t0
+    shutil.rmtree(out / "parkrl" / "checkpoints", ignore_errors=True)  # 1.7 GB; final/ is what gets evaluated
     rows = [json.loads(line) for line in open(out / "parkrl" / "metrics.jsonl")]
     p_steps = [r for r in rows if r["step"] > 0]
 

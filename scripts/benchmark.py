@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 from datetime import date
@@ -55,6 +56,7 @@ def main() -> None:
     print(f"sync:       {100 * med('timing/sync_s') / med('timing/step_s'):.1f}% of the step")
     print(f"peak RSS:   learner {max(r['memory/learner_peak_gib'] for r in rows):.2f} GiB, "
           f"rollout {max(r['memory/rollout_peak_gib'] for r in rows):.2f} GiB")
+    shutil.rmtree(os.path.join(out_dir, "checkpoints"), ignore_errors=True)  # the last step's (1.7 GB): not needed
     print(f"metrics:    {out_dir}/metrics.jsonl")
 
 
