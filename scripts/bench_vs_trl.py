@@ -75,7 +75,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--out", default="")
     ap.add_argument("--trl-venv", default=str(ROOT / ".venv-trl"))
-    ap.add_argument("--trl-bf16-steps", type=int, default=2, help="also time TRL in bf16 for this many steps (0: skip)")
+    ap.add_argument("--trl-bf16-steps", type=int, default=1, help="also time TRL in bf16 for this many steps (0: skip)")
+    ap.add_argument("--trl-bf16-timeout", type=int, default=600,
+                    help="give the bf16 run this many seconds (bf16 matmuls crawl on CPUs without AVX512-BF16/AMX)")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for parkrl (its fastest settings)")
     args = ap.parse_args()
@@ -97,17 +99,21 @@ def main() -> None:
     rows = [json.loads(line) for line in open(out / "parkrl" / "metrics.jsonl")]
     p_steps = [r for r in rows if r["step"] > 0]
 
-    def run_trl(name: str, steps: int, *flags: str) -> tuple[list[dict], list[float], float]:
+    def run_trl(name: str, steps: int, *flags: str, timeout: float | None = None) -> tuple[list[dict], list[float], float]:
+        """TRL's steps, rewards and wall time; steps and rewards are empty if it ran past `timeout`."""
         d = out / name
         d.mkdir(exist_ok=True)
         t = time.monotonic()
-        subprocess.run([str(trl_python), str(SIDE / "grpo_trl.py"), "--model", model_dir, "--train", str(train_file),
-                        "--steps", str(steps), "--out", str(d), *flags], check=True)
+        try:
+            subprocess.run([str(trl_python), str(SIDE / "grpo_trl.py"), "--model", model_dir, "--train", str(train_file),
+                            "--steps", str(steps), "--out", str(d), *flags], check=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return [], [], time.monotonic() - t
         steps_rows = [json.loads(line) for line in open(d / "steps.jsonl")]
         return steps_rows, json.load(open(d / "rewards.json")), time.monotonic() - t
 
     trl_rows, trl_rewards, trl_wall = run_trl("trl", args.steps)
-    bf16 = run_trl("trl_bf16", args.trl_bf16_steps, "--bf16") if args.trl_bf16_steps else None
+    bf16 = run_trl("trl_bf16", args.trl_bf16_steps, "--bf16", timeout=args.trl_bf16_timeout) if args.trl_bf16_steps else None
 
     evals = {}
     if not args.skip_eval:
@@ -125,12 +131,17 @@ def main() -> None:
                    "median_generate_s": med(r.get("timing/generate_s", 0.0) for r in p_steps),
                    "median_update_s": med(r["timing/update_s"] for r in p_steps),
                    "median_sync_s": med(r["timing/sync_s"] for r in p_steps),
+                   "median_sync_share": med(r["timing/sync_s"] / r["timing/step_s"] for r in p_steps),
+                   "peak_rss_gib": {role: max(r[f"memory/{role}_peak_gib"] for r in p_steps) for role in ("learner", "rollout")},
                    "rewards": p_rewards, "reward_last5": statistics.mean(p_rewards[tail]), "wall_s": parkrl_wall,
                    "eval_accuracy_own": [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]},
         "trl": {"median_step_s": med(r["step_s"] for r in trl_rows),
                 "median_generate_s": med(r["generate_s"] for r in trl_rows),
-                "rewards": trl_rewards, "reward_last5": statistics.mean(trl_rewards[tail]), "wall_s": trl_wall},
-        "trl_bf16": {"median_step_s": med(r["step_s"] for r in bf16[0]), "steps": len(bf16[0])} if bf16 else None,
+                "rewards": trl_rewards, "reward_last5": statistics.mean(trl_rewards[tail]), "wall_s": trl_wall,
+                "peak_rss_gib": json.load(open(out / "trl" / "memory.json"))["peak_rss_gib"]},
+        "trl_bf16": None if bf16 is None else (
+            {"median_step_s": med(r["step_s"] for r in bf16[0]), "steps": len(bf16[0])} if bf16[0]
+            else {"timed_out_s": args.trl_bf16_timeout, "steps": 0}),
         "greedy_eval": evals,
         "overrides": args.overrides,
     }
@@ -143,13 +154,17 @@ def main() -> None:
     print(f"| median s/step | {p['median_step_s']:.1f} | {t['median_step_s']:.1f} |")
     print(f"| generate s (median) | {p['median_generate_s']:.1f} | {t['median_generate_s']:.1f} |")
     print(f"| update s (median) | {p['median_update_s']:.1f} | {t['median_step_s'] - t['median_generate_s']:.1f} (rest of the step) |")
-    print(f"| sync s (median) | {p['median_sync_s']:.2f} | — (same process) |")
+    print(f"| sync s (median) | {p['median_sync_s']:.2f} ({100 * p['median_sync_share']:.1f}% of the step) | — (same process) |")
+    mem = p["peak_rss_gib"]
+    print(f"| peak RSS GiB | learner {mem['learner']:.2f} + rollout {mem['rollout']:.2f} | {t['peak_rss_gib']:.2f} (one process) |")
     print(f"| reward, mean of steps {tail.start + 1}-{args.steps} | {p['reward_last5']:.3f} | {t['reward_last5']:.3f} |")
     if evals:
         print(f"| greedy held-out accuracy after training (base {evals['base']:.2f}) | {evals['parkrl']:.2f} | {evals['trl']:.2f} |")
     print(f"| wall time of the run s | {p['wall_s']:.0f} | {t['wall_s']:.0f} |")
-    if result["trl_bf16"]:
+    if result["trl_bf16"] and result["trl_bf16"]["steps"]:
         print(f"\nTRL in bf16: median {result['trl_bf16']['median_step_s']:.1f} s/step over {result['trl_bf16']['steps']} steps")
+    elif result["trl_bf16"]:
+        print(f"\nTRL in bf16: no step finished within {args.trl_bf16_timeout} s (stopped there)")
     print(f"\nspeedup (TRL median step / parkrl median step): {result['speedup']:.2f}x")
     print("reward per step:")
     print("step  parkrl  TRL")

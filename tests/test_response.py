@@ -33,6 +33,9 @@ def test_response_logprobs_match_full_forward(tiny_model_dir):
             probs = full[len(p) - 1 : len(p) - 1 + len(r)].exp()
             ent = -(probs * full[len(p) - 1 : len(p) - 1 + len(r)]).sum(-1)
             assert torch.allclose(entropy[i, : len(r)], ent, atol=1e-4)
+    # Padding is never projected onto the vocabulary: it reads 0, not the pad token's logprob.
+    assert logprobs[1, 1:].eq(0).all() and entropy[1, 1:].eq(0).all()
+    assert b.valid.tolist() == [[True, True, True], [True, False, False]]
 
 
 def test_share_prompts_layout_by_hand():

@@ -34,12 +34,13 @@ class ResponseLogprobs(nn.Module):
     def forward(self, batch: "PaddedBatch | SharedPromptBatch", entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(logprobs [B, R], entropy [B, R]); entropy carries gradient only if `entropy_grad`."""
         hidden = response_hidden(self.lm.base_model, batch)
-        logits = self.lm.get_output_embeddings()(hidden).float() / self.temperature
+        valid = batch.valid  # the vocabulary projection skips padding: [N, V] logits, N real tokens
+        logits = self.lm.get_output_embeddings()(hidden[valid]).float() / self.temperature
         logp_all = torch.log_softmax(logits, dim=-1)
-        logprobs = logp_all.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1).clone()  # not a view (FSDP2 hooks)
+        logprobs = logp_all.gather(-1, batch.targets[valid].unsqueeze(-1)).squeeze(-1)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(logp_all.exp() * logp_all).sum(-1)
-        return logprobs, entropy
+        return batch.scatter(logprobs), batch.scatter(entropy)
 
 
 class ResponseValues(nn.Module):
@@ -86,6 +87,17 @@ class _ResponseRows:
     def to(self, device: torch.device | str):
         """The same batch with every tensor on `device`."""
         return type(self)(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()})
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """[B, R] bool: True at real response tokens, False on padding."""
+        lengths = torch.tensor(self.lengths, device=self.targets.device)
+        return torch.arange(self.targets.shape[1], device=self.targets.device) < lengths.unsqueeze(1)
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """Values of the real response tokens ([N], in row-major order) as [B, R], 0 on padding;
+        differentiable."""
+        return values.new_zeros(self.targets.shape).masked_scatter(self.valid, values)
 
     def pad_rows(self, rows: list[list[float]]) -> torch.Tensor:
         """Per-response-token values (ragged lists) as a [B, R] float tensor, 0 on padding."""

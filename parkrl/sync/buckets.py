@@ -1,20 +1,28 @@
 """Bucketed transfer of a model's named tensors over the sync group.
 
 The sender and receivers agree on a list of `TensorMeta` (name, dtype, shape), computed once
-by the learner. Tensors are concatenated into flat buckets of at most `bucket_bytes` (one dtype
-per bucket) and broadcast bucket by bucket; the receiver slices them back into named tensors.
+by the learner. Consecutive tensors of one dtype can be concatenated into flat buckets of at most
+`bucket_bytes` and broadcast bucket by bucket (the receiver slices them back into named
+tensors); by default each tensor is its own bucket.
+Transfers are pipelined: `IN_FLIGHT` buckets travel while the sender packs the next one and
+the receiver's consumer (vLLM's weight loading) works on the previous one.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 
-from parkrl.sync.group import broadcast
+from parkrl.sync.group import broadcast_async, wait
 
-DEFAULT_BUCKET_BYTES = 64 << 20
+# By default every tensor travels alone, straight from the learner's state dict (no packing
+# copy). Measured on a 2-core host, receiving SmolLM2-135M into vLLM took 0.83 s that way, 1.0-1.2 s
+# in 16 MiB buckets and 1.4 s in 64 MiB ones: the packing copies compete with vLLM's reload.
+DEFAULT_BUCKET_BYTES = 0
+IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,7 @@ class TensorMeta:
 
 def plan_buckets(metas: list[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> list[list[int]]:
     """Group consecutive tensors of one dtype into buckets of at most `bucket_bytes`
-    (a tensor larger than that gets a bucket of its own)."""
+    (a tensor larger than that gets a bucket of its own; 0: every tensor alone)."""
     buckets: list[list[int]] = []
     size = 0
     for i, m in enumerate(metas):
@@ -62,21 +70,41 @@ def send_tensors(group: dist.ProcessGroup, tensors: list[torch.Tensor], metas: l
                  timeout_s: float, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
     """Rank 0: broadcast `tensors` (matching `metas`) bucket by bucket; returns bytes sent."""
     sent = 0
+    in_flight: deque[tuple[dist.Work, torch.Tensor]] = deque()  # a bucket lives until its broadcast ends
     for bucket in plan_buckets(metas, bucket_bytes):
-        flat = torch.cat([tensors[i].reshape(-1).to(getattr(torch, metas[i].dtype)) for i in bucket])
-        broadcast(group, flat, timeout_s)
+        parts = [tensors[i].reshape(-1).to(getattr(torch, metas[i].dtype)) for i in bucket]
+        flat = parts[0] if len(parts) == 1 else torch.cat(parts)  # alone: no copy (when contiguous)
+        in_flight.append((broadcast_async(group, flat), flat))
         sent += flat.numel() * flat.element_size()
+        if len(in_flight) >= IN_FLIGHT:
+            wait(in_flight.popleft()[0], timeout_s)
+    while in_flight:
+        wait(in_flight.popleft()[0], timeout_s)
     return sent
 
 
 def receive_tensors(group: dist.ProcessGroup, metas: list[TensorMeta], timeout_s: float,
                     device: str | torch.device = "cpu",
                     bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
-    """Ranks > 0: receive every bucket and yield (name, tensor) in `metas` order."""
-    for bucket in plan_buckets(metas, bucket_bytes):
+    """Ranks > 0: receive every bucket and yield (name, tensor) in `metas` order, each as soon as
+    its bucket has arrived (the next buckets are already on their way). Consume it to the end:
+    the sender waits for every bucket."""
+    pending = deque(plan_buckets(metas, bucket_bytes))
+    in_flight: deque[tuple[list[int], torch.Tensor, dist.Work]] = deque()
+
+    def post() -> None:
+        bucket = pending.popleft()
         dtype = getattr(torch, metas[bucket[0]].dtype)
         flat = torch.empty(sum(metas[i].numel for i in bucket), dtype=dtype, device=device)
-        broadcast(group, flat, timeout_s)
+        in_flight.append((bucket, flat, broadcast_async(group, flat)))
+
+    while pending and len(in_flight) < IN_FLIGHT:
+        post()
+    while in_flight:
+        bucket, flat, work = in_flight.popleft()
+        wait(work, timeout_s)
+        if pending:
+            post()
         offset = 0
         for i in bucket:
             m = metas[i]

@@ -51,11 +51,20 @@ def init_sync_group(host: str, port: int, rank: int, world_size: int, backend: s
     return group
 
 
-def broadcast(group: dist.ProcessGroup, tensor: torch.Tensor, timeout_s: float) -> None:
-    """Broadcast `tensor` in place from rank 0 of `group`, failing after `timeout_s`."""
+def broadcast_async(group: dist.ProcessGroup, tensor: torch.Tensor) -> dist.Work:
+    """Start broadcasting `tensor` in place from rank 0 of `group`; finish it with `wait`.
+    Every rank must start the same broadcasts in the same order."""
     opts = dist.BroadcastOptions()
     opts.rootRank = 0
-    opts.timeout = timedelta(seconds=timeout_s)
-    work = group.broadcast([tensor], opts)
+    return group.broadcast([tensor], opts)
+
+
+def wait(work: dist.Work, timeout_s: float) -> None:
+    """Block until `work` is done, failing after `timeout_s`."""
     if not work.wait(timedelta(seconds=timeout_s)):
         raise TimeoutError(f"weight-sync broadcast did not finish within {timeout_s:.0f} s")
+
+
+def broadcast(group: dist.ProcessGroup, tensor: torch.Tensor, timeout_s: float) -> None:
+    """Broadcast `tensor` in place from rank 0 of `group`, failing after `timeout_s`."""
+    wait(broadcast_async(group, tensor), timeout_s)

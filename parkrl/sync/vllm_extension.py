@@ -4,15 +4,27 @@ vLLM mixes this class into each of its workers (`LLM(worker_extension_cls=...)`)
 engine reaches it with `llm.collective_rpc("parkrl_...")`. It joins the sync group as one
 rank and reloads the broadcast weights with `reload_weights`, which on CPU restores vLLM's
 repacked linear layers and re-runs post-load processing (plain `load_weights` fails there).
-The whole state dict is reloaded at once, never part of a fused layer. In colocated mode
+The whole state dict is reloaded at once, never part of a fused layer; vLLM loads each
+bucket's tensors while the next buckets are still arriving. In colocated mode
 (`resources.colocate`) the weights arrive instead as CUDA IPC handles from the learner rank on
 the same GPU (parkrl.sync.ipc).
 """
 from __future__ import annotations
 
+import logging
+
 from parkrl.sync.buckets import TensorMeta, receive_tensors
 from parkrl.sync.group import init_sync_group
 from parkrl.sync.ipc import open_shared
+
+
+class _NoRotaryReloadWarning(logging.Filter):
+    """vLLM's in-place reload warns "RotaryEmbedding: Failed to load weights" on every sync: the
+    rotary cos/sin cache is a buffer no checkpoint carries, so vLLM puts its own copy back
+    (which is right: it does not depend on the weights). Drop that one line, keep the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and record.args == ("RotaryEmbedding",))
 
 
 class WeightSyncExtension:
@@ -20,15 +32,29 @@ class WeightSyncExtension:
 
     def parkrl_join_sync_group(self, host: str, port: int, rank: int, world_size: int,
                                backend: str, timeout_s: float) -> None:
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_NoRotaryReloadWarning())
         group = init_sync_group(host, port, rank, world_size, backend, timeout_s)
         self._parkrl_sync = (group, timeout_s, "cuda" if backend == "nccl" else "cpu")
 
     def parkrl_receive_weights(self, wire_metas: list) -> int:
         group, timeout_s, device = self._parkrl_sync
         metas = [TensorMeta.from_wire(row) for row in wire_metas]
-        named = list(receive_tensors(group, metas, timeout_s, device=device))
-        self.reload_weights(weights_iterator=iter(named))
-        return len(named)
+        incoming = receive_tensors(group, metas, timeout_s, device=device)
+        loaded = 0
+
+        def stream():  # vLLM loads bucket k while bucket k + 1 arrives
+            nonlocal loaded
+            for item in incoming:
+                loaded += 1
+                yield item
+
+        try:
+            self.reload_weights(weights_iterator=stream())
+        finally:
+            left = sum(1 for _ in incoming)  # the sender waits for every bucket: take them all
+        if left:
+            raise RuntimeError(f"weight sync: vLLM's reload stopped after {loaded} of {len(metas)} tensors")
+        return loaded
 
 
     def parkrl_receive_shared(self, handles: bytes) -> int:

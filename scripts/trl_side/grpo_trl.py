@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import time
 
 import torch
@@ -81,6 +82,8 @@ def main() -> None:
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     with open(f"{args.out}/rewards.json", "w") as f:
         json.dump(rewards, f)
+    with open(f"{args.out}/memory.json", "w") as f:  # ru_maxrss is in KiB on Linux
+        json.dump({"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)}, f)
     trainer.save_model(f"{args.out}/final")
     tok.save_pretrained(f"{args.out}/final")
 
