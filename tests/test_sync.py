@@ -64,3 +64,15 @@ def test_missing_peer_times_out_instead_of_hanging():
         init_sync_group("127.0.0.1", free_port(), 0, 2, "gloo", timeout_s=3)
     assert time.monotonic() - t0 < 30
     assert "timeout" in str(e.value).lower() or "timed out" in str(e.value).lower()
+
+
+def test_only_the_rotary_reload_warning_is_dropped():
+    import logging
+
+    from parkrl.sync.vllm_extension import _ROTARY_FILTER
+
+    def record(*args):
+        return logging.LogRecord("vllm", logging.WARNING, __file__, 1, "%s: Failed to load weights", args, None)
+
+    assert not _ROTARY_FILTER.filter(record("RotaryEmbedding"))
+    assert _ROTARY_FILTER.filter(record("QKVParallelLinear"))  # a real weight that failed: still shown

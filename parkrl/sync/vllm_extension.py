@@ -27,12 +27,15 @@ class _NoRotaryReloadWarning(logging.Filter):
         return not (record.msg == "%s: Failed to load weights" and record.args == ("RotaryEmbedding",))
 
 
+_ROTARY_FILTER = _NoRotaryReloadWarning()  # one instance: a re-join (engine restart) does not stack copies
+
+
 class WeightSyncExtension:
     """Methods added to every vLLM worker; `self` is the vLLM worker."""
 
     def parkrl_join_sync_group(self, host: str, port: int, rank: int, world_size: int,
                                backend: str, timeout_s: float) -> None:
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_NoRotaryReloadWarning())
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_ROTARY_FILTER)
         group = init_sync_group(host, port, rank, world_size, backend, timeout_s)
         self._parkrl_sync = (group, timeout_s, "cuda" if backend == "nccl" else "cpu")
 
