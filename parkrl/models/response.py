@@ -40,7 +40,10 @@ class ResponseLogprobs(nn.Module):
         logprobs = logp_all.gather(-1, batch.targets[valid].unsqueeze(-1)).squeeze(-1)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(logp_all.exp() * logp_all).sum(-1)
-        return batch.scatter(logprobs), batch.scatter(entropy)
+        def unflatten(values: torch.Tensor) -> torch.Tensor:  # [N] -> [B, R], 0 on padding; differentiable
+            return values.new_zeros(valid.shape).masked_scatter(valid, values)
+
+        return unflatten(logprobs), unflatten(entropy)
 
 
 class ResponseValues(nn.Module):
@@ -93,11 +96,6 @@ class _ResponseRows:
         """[B, R] bool: True at real response tokens, False on padding."""
         lengths = torch.tensor(self.lengths, device=self.targets.device)
         return torch.arange(self.targets.shape[1], device=self.targets.device) < lengths.unsqueeze(1)
-
-    def scatter(self, values: torch.Tensor) -> torch.Tensor:
-        """Values of the real response tokens ([N], in row-major order) as [B, R], 0 on padding;
-        differentiable."""
-        return values.new_zeros(self.targets.shape).masked_scatter(self.valid, values)
 
     def pad_rows(self, rows: list[list[float]]) -> torch.Tensor:
         """Per-response-token values (ragged lists) as a [B, R] float tensor, 0 on padding."""
