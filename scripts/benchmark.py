@@ -52,7 +52,8 @@ def main() -> None:
     for phase in [*PHASES[:-1], *overlap, PHASES[-1]]:  # one step off: the generation beside the update, and the wait
         print(f"| {phase} | {med(f'timing/{phase}_s'):.2f} |")
     print(f"\ngeneration: {med('perf/gen_tokens_per_s'):.0f} new tokens/s")
-    print(f"training:   {med('perf/train_tokens_per_s'):.0f} tokens/s (prompt + response, forward + backward + AdamW)")
+    print(f"training:   {med('perf/train_tokens_per_s'):.0f} tokens/s (prompt + response of the batch per second of update; "
+          f"{med('learner/skipped_samples'):.0f} zero-advantage samples skipped)")
     print(f"sync:       {100 * med('timing/sync_s') / med('timing/step_s'):.1f}% of the step")
     print(f"peak RSS:   learner {max(r['memory/learner_peak_gib'] for r in rows):.2f} GiB, "
           f"rollout {max(r['memory/rollout_peak_gib'] for r in rows):.2f} GiB")

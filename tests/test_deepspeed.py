@@ -1,6 +1,7 @@
 """The DeepSpeed ZeRO learner (learner.backend=deepspeed) against the FSDP2 one: the same batch
 on 2 ranks gives the same gradient norms and the same weights after two updates, at ZeRO
-stages 2 and 3, with token-budget micro-batches that give the ranks different pass counts.
+stages 2 and 3, with token-budget micro-batches that give the ranks different pass counts; and 2 FSDP2 ranks with
+uneven numbers of zero-advantage (skipped) samples against one rank computing all of them.
 Then a whole ZeRO-2 run through Ray and vLLM with KL in the loss: the sync delivers the
 learner's weights and final/ is a plain HF model. (Exact resume of PPO, with its critic and
 reference on ZeRO-3 engines, is in tests/test_checkpoint.py.)"""
@@ -12,12 +13,12 @@ import torch
 import torch.multiprocessing as mp
 
 from parkrl.config import Config
-from test_learner import random_batch
+from test_learner import _update_twice, zero_advantage_batch
 
 pytestmark = pytest.mark.integration
 
 
-def _rank(rank: int, backend: str, stage: int, model_dir: str, port: int, out: str) -> None:
+def _rank(rank: int, backend: str, stage: int, model_dir: str, port: int, out: str, zero_rows: tuple = ()) -> None:
     from parkrl.workers.learner import learner_class
 
     cfg = Config()
@@ -27,15 +28,16 @@ def _rank(rank: int, backend: str, stage: int, model_dir: str, port: int, out: s
     cfg.resources.learner.cpus_per_worker = 1
     learner = learner_class(backend)(cfg, model_dir, rank, 2)
     learner.setup("127.0.0.1", port)
-    batch = random_batch(16)
+    batch = zero_advantage_batch(16, zero_rows)
     # rank 0 gets the 8 longest samples, rank 1 the 8 shortest: their token budgets cut them
     # into different numbers of micro-batches, which both backends must equalise.
     order = sorted(range(16), key=lambda i: -(len(batch.prompt_ids[i]) + len(batch.response_ids[i])))
     share = batch.select(sorted(order[rank * 8:(rank + 1) * 8]))
-    norms = [learner.update(share)["learner/grad_norm"] for _ in range(2)]
+    metrics = [learner.update(share) for _ in range(2)]
     state = learner._full_state_dict()
     if rank == 0:
-        torch.save({"norms": norms, "state": state}, out)
+        torch.save({"norms": [m["learner/grad_norm"] for m in metrics], "state": state,
+                    "skipped": [m["learner/skipped_samples"] for m in metrics]}, out)
     learner.shutdown()
     # Skip interpreter teardown: DeepSpeed's comm objects, torn down after the process group,
     # now and then abort the process at exit ("terminate called without an active exception").
@@ -43,11 +45,11 @@ def _rank(rank: int, backend: str, stage: int, model_dir: str, port: int, out: s
     os._exit(0)
 
 
-def _run(backend: str, stage: int, model_dir: str, out: str) -> dict:
+def _run(backend: str, stage: int, model_dir: str, out: str, zero_rows: tuple = ()) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_rank, args=(backend, stage, model_dir, port, out), nprocs=2, start_method="spawn")
+    mp.start_processes(_rank, args=(backend, stage, model_dir, port, out, zero_rows), nprocs=2, start_method="spawn")
     return torch.load(out, weights_only=True)
 
 
@@ -71,6 +73,20 @@ def test_zero_updates_match_fsdp2(tiny_model_dir, tmp_path, stage):
         moved += not torch.equal(w, initial[name])
     assert gap.sqrt() < 1e-3 * step.sqrt()
     assert moved > len(initial) // 2  # the updates changed most tensors
+
+
+def test_ranks_skip_zero_advantage_samples_unevenly_and_match_one_rank(tiny_model_dir, tmp_path):
+    """Rank 1 has no sample with signal and rank 0 half: rank 1 runs as many zero-gradient rows
+    as rank 0 runs live ones (same passes), and the update equals one rank computing everything."""
+    batch = zero_advantage_batch(16, ())
+    order = sorted(range(16), key=lambda i: -(len(batch.prompt_ids[i]) + len(batch.response_ids[i])))
+    zero = tuple(sorted(order[8:] + order[:4]))  # all of rank 1's share, half of rank 0's
+    two = _run("fsdp2", 0, tiny_model_dir, str(tmp_path / "two.pt"), zero)
+    metrics, state = _update_twice(tiny_model_dir, zero_advantage_batch(16, zero), skip=False, grad_clip=0.5)
+    assert two["skipped"] == [8, 8]
+    assert two["norms"] == pytest.approx([m["learner/grad_norm"] for m in metrics], rel=1e-4)
+    for name, w in state.items():
+        torch.testing.assert_close(two["state"][name], w, rtol=0, atol=1e-4, msg=name)
 
 
 def test_zero2_run_through_ray_syncs_to_vllm_and_saves_an_hf_model(tiny_model_dir, tmp_path, ray_session):

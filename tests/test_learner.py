@@ -48,3 +48,61 @@ def test_token_budget_micro_batches_do_not_change_the_gradient(tiny_model_dir):
     budget = grad_norm_and_loss(tiny_model_dir, 8, max_tokens=24)  # 2-3 short samples per pass, long ones alone
     assert budget[0] == pytest.approx(fixed[0], rel=1e-4)
     assert budget[1] == pytest.approx(fixed[1], rel=1e-4, abs=1e-7)
+
+
+def _update_twice(model_dir: str, batch: TrajectoryBatch, skip: bool, kl_in_loss: bool = False, weight_decay: float = 0.0,
+                  grad_clip: float = 1e9):
+    from parkrl.workers.learner import Learner
+
+    cfg = Config()
+    cfg.learner.dtype, cfg.learner.micro_batch_size, cfg.learner.lr, cfg.learner.grad_clip = "float32", 4, 1e-3, grad_clip
+    cfg.learner.weight_decay = weight_decay
+    if kl_in_loss:
+        cfg.algorithm.kl_coef = 0.1
+        batch.add("ref_logprobs", [[-1.0] * len(r) for r in batch.response_ids])
+    learner = FSDPLearner(cfg, model_dir, rank=0, world_size=1)
+    if not skip:  # the reference: every sample computed
+        learner._rows_with_gradient = lambda mini, stats: list(range(len(mini)))
+    else:
+        assert learner._rows_with_gradient.__func__ is Learner._rows_with_gradient
+    learner.setup(*learner.free_address())
+    metrics = [learner.update(batch) for _ in range(2)]
+    return metrics, learner._full_state_dict()
+
+
+def zero_advantage_batch(n: int = 16, zero_rows: tuple[int, ...] = (0, 1, 2, 3, 8, 9, 10, 11)) -> TrajectoryBatch:
+    batch = random_batch(n)
+    if zero_rows:
+        batch["advantages"][list(zero_rows)] = 0.0  # groups whose samples all scored the same
+    return batch
+
+
+def test_zero_advantage_samples_are_skipped_without_changing_the_update(tiny_model_dir):
+    skipped, w_skipped = _update_twice(tiny_model_dir, zero_advantage_batch(), skip=True)
+    full, w_full = _update_twice(tiny_model_dir, zero_advantage_batch(), skip=False)
+    assert [m["learner/skipped_samples"] for m in skipped] == [8, 8]
+    assert [m["learner/skipped_samples"] for m in full] == [0, 0]
+    assert full[0]["learner/grad_norm"] > 0
+    for a, b in zip(skipped, full):
+        assert a["learner/grad_norm"] == pytest.approx(b["learner/grad_norm"], rel=1e-5)
+    for name, w in w_full.items():
+        torch.testing.assert_close(w_skipped[name], w, rtol=0, atol=1e-6, msg=name)
+    # KL in the loss gives every sample a gradient: nothing may be skipped
+    with_kl, _ = _update_twice(tiny_model_dir, zero_advantage_batch(), skip=True, kl_in_loss=True)
+    assert with_kl[0]["learner/skipped_samples"] == 0
+
+
+def test_a_batch_without_signal_still_takes_its_optimizer_step(tiny_model_dir):
+    """Every advantage 0: one row still runs, so AdamW steps (its weight decay moves the weights)
+    exactly as it would have on the whole batch."""
+    from transformers import AutoModelForCausalLM
+
+    flat = tuple(range(8))
+    skipped, w_skipped = _update_twice(tiny_model_dir, zero_advantage_batch(8, flat), skip=True, weight_decay=0.1)
+    full, w_full = _update_twice(tiny_model_dir, zero_advantage_batch(8, flat), skip=False, weight_decay=0.1)
+    assert skipped[0]["learner/skipped_samples"] == 7
+    assert skipped[0]["learner/grad_norm"] == full[0]["learner/grad_norm"] == 0
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert not torch.equal(w_full["model.norm.weight"], initial["model.norm.weight"])  # decay moved it
+    for name, w in w_full.items():
+        assert torch.equal(w_skipped[name], w), name

@@ -10,7 +10,9 @@ The controller gives every rank an equal share of the step's samples. A rank spl
 into `learner.mini_batches` mini-batches (one optimizer step each) and those into micro-batches
 of `learner.micro_batch_size` samples (gradient accumulation). Losses are normalised by the
 token count of the whole mini-batch over all ranks, so the gradient does not depend on how the
-batch was cut.
+batch was cut. Samples whose loss has no gradient (advantage 0 on every token, with no KL or
+entropy term and no critic: GRPO groups whose samples all scored the same) still count in that
+normaliser but are not computed (`learner/skipped_samples`).
 
 `Learner` holds everything that does not depend on how the weights are sharded: micro-batches,
 losses, metrics, the weight sync. A backend (`FSDPLearner` in parkrl.workers.fsdp_learner,
@@ -44,7 +46,7 @@ from parkrl.workers.process import import_plugins, peak_rss_gib, set_torch_threa
 
 
 _STATS = ("policy_loss", "clipped", "entropy", "ratio_dev", "tokens", "kl", "logprob_diff", "value_loss",
-          "value_clipped", "critic_grad_norm", "nonfinite", "is_weight", "is_capped")
+          "value_clipped", "critic_grad_norm", "nonfinite", "is_weight", "is_capped", "skipped")
 
 
 class Learner:
@@ -194,7 +196,8 @@ class Learner:
             order = torch.randperm(len(batch), generator=gen).tolist() if epoch else list(range(len(batch)))
             for share in (order[k :: lc.mini_batches] for k in range(lc.mini_batches)):
                 mini = batch.select(sorted(share))
-                norm = self._loss_norm(mini)
+                norm = self._loss_norm(mini)  # every sample counts in the normaliser, computed or not
+                mini = mini.select(self._rows_with_gradient(mini, stats))
                 for model, optimizer in self._trainables().values():
                     self._zero_grad(model, optimizer)
                 for rows, mb in self._micro_batches(mini):
@@ -209,6 +212,30 @@ class Learner:
                 if self.critic is not None:
                     stats["critic_grad_norm"] += self._step(self.critic, self.critic_optimizer)
         return self._step_metrics(stats, grad_norms, on_policy_forward="old_logprobs" not in batch)
+
+    def _rows_with_gradient(self, mini: TrajectoryBatch, stats: dict[str, float]) -> list[int]:
+        """Collective: the rows of `mini` whose loss can have a gradient; the others are not computed.
+
+        With no KL or entropy term in the loss and no critic, a sample whose advantage is 0 on
+        every trained token (a GRPO/RLOO group whose samples all scored the same) adds exactly 0
+        to the gradient, so leaving it out changes nothing but the time; the normaliser still
+        counts it. Every rank keeps as many rows as the rank with the most (topping up with
+        zero-gradient rows), so all run the same passes; at least one row runs."""
+        a = self.cfg.algorithm
+        everything = list(range(len(mini)))
+        if self.critic is not None or a.entropy_coef > 0 or (a.kl_coef > 0 and a.kl_in == "loss"):
+            return everything
+        adv = mini["advantages"]
+        if isinstance(adv, torch.Tensor):
+            live = [i for i in everything if adv[i] != 0 and any(mini.loss_mask[i])]
+        else:  # one per token
+            live = [i for i in everything if any(v != 0 for v, m in zip(adv[i], mini.loss_mask[i]) if m)]
+        most = torch.tensor([max(len(live), 1)])
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        flat = sorted(set(everything) - set(live))
+        keep = sorted(live + flat[: max(0, int(most) - len(live))])
+        stats["skipped"] += len(mini) - len(keep)
+        return keep
 
     def _loss_norm(self, mini: TrajectoryBatch) -> LossNorm:
         """Token and sample counts of the whole mini-batch, summed over all ranks."""
@@ -286,7 +313,8 @@ class Learner:
             "policy/ratio_dev": t["ratio_dev"] / n,
             "learner/grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
             "learner/nonfinite_updates": round(t["nonfinite"]),  # optimizer steps skipped
-            "learner/tokens": n / self.cfg.learner.epochs,
+            "learner/tokens": n / self.cfg.learner.epochs,  # computed tokens: zero-gradient samples are skipped
+            "learner/skipped_samples": t["skipped"] / self.cfg.learner.epochs,
         }
         if self.cfg.algorithm.kl_coef > 0 and self.cfg.algorithm.kl_in == "loss":
             metrics["kl/ref"] = t["kl"] / n
