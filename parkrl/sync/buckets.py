@@ -84,18 +84,27 @@ def send_tensors(group: dist.ProcessGroup, tensors: list[torch.Tensor], metas: l
 
 
 def receive_tensors(group: dist.ProcessGroup, metas: list[TensorMeta], timeout_s: float,
-                    device: str | torch.device = "cpu",
-                    bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
+                    device: str | torch.device = "cpu", bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                    into: dict[str, torch.Tensor] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Ranks > 0: receive every bucket and yield (name, tensor) in `metas` order, each as soon as
-    its bucket has arrived (the next buckets are already on their way). Consume it to the end:
-    the sender waits for every bucket."""
+    its bucket has arrived (the next buckets are already on their way). A tensor travelling alone
+    whose name is in `into` is received straight into that (contiguous) tensor. Consume the
+    iterator to the end: the sender waits for every bucket."""
     pending = deque(plan_buckets(metas, bucket_bytes))
     in_flight: deque[tuple[list[int], torch.Tensor, dist.Work]] = deque()
 
     def post() -> None:
         bucket = pending.popleft()
         dtype = getattr(torch, metas[bucket[0]].dtype)
-        flat = torch.empty(sum(metas[i].numel for i in bucket), dtype=dtype, device=device)
+        target = into.get(metas[bucket[0]].name) if into and len(bucket) == 1 else None
+        if target is not None:
+            m = metas[bucket[0]]
+            if not target.is_contiguous() or target.numel() != m.numel or target.dtype != dtype:
+                raise ValueError(f"weight sync: cannot receive {m.name} {m.dtype}{list(m.shape)} into a "
+                                 f"{'' if target.is_contiguous() else 'non-contiguous '}{target.dtype} tensor of {target.numel()}")
+            flat = target.view(-1)
+        else:
+            flat = torch.empty(sum(metas[i].numel for i in bucket), dtype=dtype, device=device)
         in_flight.append((bucket, flat, broadcast_async(group, flat)))
 
     while pending and len(in_flight) < IN_FLIGHT:

@@ -2,10 +2,11 @@
 
 vLLM mixes this class into each of its workers (`LLM(worker_extension_cls=...)`); the rollout
 engine reaches it with `llm.collective_rpc("parkrl_...")`. It joins the sync group as one
-rank and reloads the broadcast weights with `reload_weights`, which on CPU restores vLLM's
-repacked linear layers and re-runs post-load processing (plain `load_weights` fails there).
-The whole state dict is reloaded at once, never part of a fused layer; vLLM loads each
-bucket's tensors while the next buckets are still arriving. In colocated mode
+rank and loads the broadcast weights: on CPU, for a plain model, straight into place with
+parkrl.sync.cpu_load (each layer re-packed once complete); otherwise with `reload_weights`,
+which restores vLLM's repacked linear layers and re-runs post-load processing (plain
+`load_weights` fails there on CPU). The whole state dict goes every time, never part of a
+fused layer; each tensor is loaded while the next ones are still arriving. In colocated mode
 (`resources.colocate`) the weights arrive instead as CUDA IPC handles from the learner rank on
 the same GPU (parkrl.sync.ipc).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from parkrl.sync.buckets import TensorMeta, receive_tensors
+from parkrl.sync.cpu_load import CPUWeightLoader
 from parkrl.sync.group import init_sync_group
 from parkrl.sync.ipc import open_shared
 
@@ -40,8 +42,17 @@ class WeightSyncExtension:
         self._parkrl_sync = (group, timeout_s, "cuda" if backend == "nccl" else "cpu")
 
     def parkrl_receive_weights(self, wire_metas: list) -> int:
+        """Receive the learner's broadcast and load it; returns the number of tensors."""
         group, timeout_s, device = self._parkrl_sync
         metas = [TensorMeta.from_wire(row) for row in wire_metas]
+        loader = self._parkrl_cpu_loader(metas) if device == "cpu" else None
+        if loader is not None:  # straight into place, then each layer re-packed
+            incoming = receive_tensors(group, metas, timeout_s, device=device, into=loader.destinations())
+            try:
+                return loader.load(incoming)
+            finally:
+                for _ in incoming:  # after an error: the sender waits for every tensor
+                    pass
         incoming = receive_tensors(group, metas, timeout_s, device=device)
         loaded = 0
 
@@ -59,6 +70,15 @@ class WeightSyncExtension:
             raise RuntimeError(f"weight sync: vLLM's reload stopped after {loaded} of {len(metas)} tensors")
         return loaded
 
+
+    def _parkrl_cpu_loader(self, metas: list[TensorMeta]) -> CPUWeightLoader | None:
+        """The direct loader for these metas (built once), or None where vLLM's reload must do."""
+        key = tuple(metas)
+        cached = getattr(self, "_parkrl_loader", None)
+        if cached is None or cached[0] != key:
+            cached = (key, CPUWeightLoader.build(self.model_runner.get_model(), metas))
+            self._parkrl_loader = cached
+        return cached[1]
 
     def parkrl_receive_shared(self, handles: bytes) -> int:
         """Colocated mode: load weights the learner rank on this GPU shared by CUDA IPC."""
