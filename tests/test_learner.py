@@ -1,5 +1,6 @@
 """The learner's gradient does not depend on how a mini-batch is cut into micro-batches, nor on
-whether a micro-batch packs its shared prompts (learner.share_prompts)."""
+whether a micro-batch packs its shared prompts (learner.share_prompts), nor on skipping the
+samples whose advantage is 0; and the tied output head is named for the sync as an alias."""
 import pytest
 import torch
 
@@ -106,3 +107,15 @@ def test_a_batch_without_signal_still_takes_its_optimizer_step(tiny_model_dir):
     assert not torch.equal(w_full["model.norm.weight"], initial["model.norm.weight"])  # decay moved it
     for name, w in w_full.items():
         assert torch.equal(w_skipped[name], w), name
+
+
+def test_the_tied_head_is_named_for_the_sync_but_travels_once(tiny_model_dir):
+    from parkrl.sync import TensorMeta
+
+    cfg = Config()
+    cfg.learner.dtype = cfg.rollout.dtype = "float32"
+    learner = FSDPLearner(cfg, tiny_model_dir, rank=0, world_size=1)
+    learner.setup(*learner.free_address())
+    metas = [TensorMeta.from_wire(row) for row in learner.weight_metas()]
+    assert {m.name: m.alias_of for m in metas if m.alias_of} == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert len({m.name for m in metas}) == len(metas) and "model.embed_tokens.weight" in {m.name for m in metas}

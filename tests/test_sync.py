@@ -31,7 +31,8 @@ def _receiver(port: int, rank: int, wire: list, queue) -> None:
 
 def test_broadcast_delivers_every_tensor_to_every_receiver():
     state = _state(0)
-    metas = metas_of(state.items(), None)  # each tensor keeps its dtype: fp32 and bf16 buckets
+    state["tied"] = state["b1"]  # a tied weight: sent once, received under both names
+    metas = metas_of(state.items(), None, aliases={"tied": "b1"})  # each keeps its dtype: fp32 and bf16 buckets
     wire = [m.to_wire() for m in metas]
     port = free_port()
     ctx = mp.get_context("spawn")
@@ -44,13 +45,24 @@ def test_broadcast_delivers_every_tensor_to_every_receiver():
     results = [queue.get(timeout=60) for _ in procs]
     for p in procs:
         p.join(30)
-    assert sent == sum(t.numel() * t.element_size() for t in state.values())
+    assert sent == sum(t.numel() * t.element_size() for n, t in state.items() if n != "tied")
     for got in results:
         assert set(got) == set(state)
         for name, t in state.items():
             dtype, values = got[name]
             assert dtype == str(t.dtype)
             assert torch.equal(torch.tensor(values), t.float())
+
+
+def test_tied_parameters_are_found_under_every_name():
+    from parkrl.sync import tied_names
+
+    model = torch.nn.ModuleDict({"embed": torch.nn.Embedding(5, 3), "head": torch.nn.Linear(3, 5, bias=False)})
+    assert tied_names(model) == {}
+    model["head"].weight = model["embed"].weight
+    assert tied_names(model) == {"head.weight": "embed.weight"}
+    meta = metas_of([("head.weight", model["head"].weight)], None, {"head.weight": "embed.weight"})[0]
+    assert TensorMeta.from_wire(meta.to_wire()) == meta and meta.alias_of == "embed.weight"
 
 
 def test_bf16_transfer_casts_on_the_wire():

@@ -28,10 +28,15 @@ def add_lora(lm: nn.Module, rank: int, alpha: float, targets: list[str]) -> nn.M
     return lm
 
 
+def plain_name(name: str) -> str:
+    """A parameter's name in the plain model (`.base_layer.` of an adapted layer removed)."""
+    return name.replace(_BASE, ".")
+
+
 def plain_names(items: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
     """The state dict as the plain model names it: adapters dropped, `.base_layer.` removed
     (the tensors are the base weights: same shapes and dtypes as the merged ones)."""
-    return [(n.replace(_BASE, "."), t) for n, t in items if ".lora_" not in n]
+    return [(plain_name(n), t) for n, t in items if ".lora_" not in n]
 
 
 def merged_state(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ class TensorMeta:
     name: str
     dtype: str  # e.g. "bfloat16"
     shape: tuple[int, ...]
+    alias_of: str = ""  # a tied weight (lm_head of tied embeddings): not sent, received as this other name
 
     @property
     def numel(self) -> int:
@@ -44,11 +45,11 @@ class TensorMeta:
 
     def to_wire(self) -> list:
         """Plain lists survive every RPC layer (Ray pickle, vLLM msgpack)."""
-        return [self.name, self.dtype, list(self.shape)]
+        return [self.name, self.dtype, list(self.shape), self.alias_of]
 
     @staticmethod
     def from_wire(row: list) -> "TensorMeta":
-        return TensorMeta(row[0], row[1], tuple(row[2]))
+        return TensorMeta(row[0], row[1], tuple(row[2]), row[3] if len(row) > 3 else "")
 
 
 def plan_buckets(metas: list[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> list[list[int]]:
@@ -66,12 +67,15 @@ def plan_buckets(metas: list[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET_BYT
     return buckets
 
 
-def send_tensors(group: dist.ProcessGroup, tensors: list[torch.Tensor], metas: list[TensorMeta],
+def send_tensors(group: dist.ProcessGroup, tensors: list[torch.Tensor | None], metas: list[TensorMeta],
                  timeout_s: float, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
-    """Rank 0: broadcast `tensors` (matching `metas`) bucket by bucket; returns bytes sent."""
+    """Rank 0: broadcast `tensors` (matching `metas`; aliases are not sent, their entry may be
+    None) bucket by bucket; returns bytes sent."""
     sent = 0
     in_flight: deque[tuple[dist.Work, torch.Tensor]] = deque()  # a bucket lives until its broadcast ends
-    for bucket in plan_buckets(metas, bucket_bytes):
+    travelling = [i for i, m in enumerate(metas) if not m.alias_of]
+    for bucket in plan_buckets([metas[i] for i in travelling], bucket_bytes):
+        bucket = [travelling[k] for k in bucket]
         parts = [tensors[i].reshape(-1).to(getattr(torch, metas[i].dtype)) for i in bucket]
         flat = parts[0] if len(parts) == 1 else torch.cat(parts)  # alone: no copy (when contiguous)
         in_flight.append((broadcast_async(group, flat), flat))
@@ -89,8 +93,17 @@ def receive_tensors(group: dist.ProcessGroup, metas: list[TensorMeta], timeout_s
     """Ranks > 0: receive every bucket and yield (name, tensor) in `metas` order, each as soon as
     its bucket has arrived (the next buckets are already on their way). A tensor travelling alone
     whose name is in `into` is received straight into that (contiguous) tensor. Consume the
-    iterator to the end: the sender waits for every bucket."""
-    pending = deque(plan_buckets(metas, bucket_bytes))
+    iterator to the end: the sender waits for every bucket. An alias is yielded, with its source's
+    tensor, right after the source."""
+    travelling = [i for i, m in enumerate(metas) if not m.alias_of]
+    pending = deque([travelling[k] for k in bucket] for bucket in plan_buckets([metas[i] for i in travelling], bucket_bytes))
+    aliases: dict[str, list[str]] = {}
+    for m in metas:
+        if m.alias_of:
+            aliases.setdefault(m.alias_of, []).append(m.name)
+    unsent = set(aliases) - {metas[i].name for i in travelling}
+    if unsent:
+        raise ValueError(f"weight sync: aliases of tensors that are not sent: {sorted(unsent)}")
     in_flight: deque[tuple[list[int], torch.Tensor, dist.Work]] = deque()
 
     def post() -> None:
@@ -117,10 +130,29 @@ def receive_tensors(group: dist.ProcessGroup, metas: list[TensorMeta], timeout_s
         offset = 0
         for i in bucket:
             m = metas[i]
-            yield m.name, flat[offset: offset + m.numel].view(m.shape)
+            tensor = flat[offset: offset + m.numel].view(m.shape)
+            yield m.name, tensor
+            for alias in aliases.get(m.name, ()):
+                yield alias, tensor
             offset += m.numel
 
 
-def metas_of(named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None) -> list[TensorMeta]:
-    """Metadata of named tensors, as they will travel (cast to `dtype` when given)."""
-    return [TensorMeta(n, str(dtype or t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in named]
+def metas_of(named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None,
+             aliases: dict[str, str] | None = None) -> list[TensorMeta]:
+    """Metadata of named tensors, as they will travel (cast to `dtype` when given); `aliases` maps
+    a tied name to the name whose tensor it shares (sent once, received under both)."""
+    aliases = aliases or {}
+    return [TensorMeta(n, str(dtype or t.dtype).removeprefix("torch."), tuple(t.shape), aliases.get(n, ""))
+            for n, t in named]
+
+
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """{name: first name} for every parameter registered under more than one name (a tied head)."""
+    first: dict[int, str] = {}
+    tied = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            tied[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return tied

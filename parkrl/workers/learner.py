@@ -36,11 +36,11 @@ from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
 from parkrl.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
 from parkrl.microbatch import plan_micro_batches, split_to_count
-from parkrl.models.lora import add_lora, merged_state
+from parkrl.models.lora import add_lora, merged_state, plain_name
 from parkrl.models.response import (
     PaddedBatch, ResponseLogprobs, ResponseValues, SharedPromptBatch, pad_samples, share_prompts,
 )
-from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors
+from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors, tied_names
 from parkrl.sync.group import free_port, init_sync_group, node_ip
 from parkrl.workers.process import import_plugins, peak_rss_gib, set_torch_threads
 
@@ -334,8 +334,10 @@ class Learner:
         """Rank 0 only: names, dtypes and global shapes of the weights as sent to the engines
         (wire format)."""
         dtype = resolve_dtype(self.cfg.rollout.dtype)
-        # A tied output head goes too: vLLM on CPU keeps its own repacked copy of it.
-        return [m.to_wire() for m in metas_of(list(self._full_state_dict_metas().items()), dtype)]
+        # A tied output head is named too (vLLM on CPU keeps its own repacked copy of it) but
+        # travels once: the engines receive it under both names.
+        tied = {plain_name(name): plain_name(source) for name, source in tied_names(self._policy_lm()).items()}
+        return [m.to_wire() for m in metas_of(list(self._full_state_dict_metas().items()), dtype, tied)]
 
     def _full_state_dict_metas(self) -> dict[str, torch.Tensor]:
         """Tensors (any placement) with the names, dtypes and global shapes of the synced weights."""
@@ -352,10 +354,10 @@ class Learner:
         if self.rank != 0:
             return 0
         metas = [TensorMeta.from_wire(row) for row in wire_metas]
-        missing = [m.name for m in metas if m.name not in state]
+        missing = [m.name for m in metas if m.name not in state and not m.alias_of]
         if missing:
             raise KeyError(f"weights to sync missing from the learner's state dict: {missing[:5]}")
-        tensors = [state[m.name].to(self.device) for m in metas]
+        tensors = [None if m.alias_of else state[m.name].to(self.device) for m in metas]  # aliases do not travel
         return send_tensors(self._sync_group, tensors, metas, self.cfg.trainer.sync_timeout_s)
 
     def save_hf(self, path: str) -> None:
