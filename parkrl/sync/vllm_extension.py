@@ -70,7 +70,6 @@ class WeightSyncExtension:
             raise RuntimeError(f"weight sync: vLLM's reload stopped after {loaded} of {len(metas)} tensors")
         return loaded
 
-
     def _parkrl_cpu_loader(self, metas: list[TensorMeta]) -> CPUWeightLoader | None:
         """The direct loader for these metas (built once), or None where vLLM's reload must do."""
         key = tuple(metas)
