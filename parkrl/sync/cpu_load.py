@@ -51,6 +51,10 @@ class CPUWeightLoader:
     def __init__(self, slots: dict[str, _Slot], layers: list[_Layer]) -> None:
         self._slots, self._layers = slots, layers
         self._fresh: dict[tuple[int, str], torch.Tensor] = {}
+        self._owners: dict[str, list[_Layer]] = {}  # checkpoint name -> layers that need it before packing
+        for layer in layers:
+            for name in layer.parts:
+                self._owners.setdefault(name, []).append(layer)
 
     @staticmethod
     def build(model: torch.nn.Module, metas: list[TensorMeta]) -> "CPUWeightLoader | None":
@@ -65,7 +69,6 @@ class CPUWeightLoader:
         packed = getattr(model, "packed_modules_mapping", {}) or {}
         fused_of = {part: (fused, i, len(parts)) for fused, parts in packed.items() for i, part in enumerate(parts)}
         by_target: dict[tuple[str, str], list[TensorMeta | None]] = {}  # (vLLM module, param) -> its parts in order
-        fused_targets = set()
         for meta in metas:
             module_name, _, pname = meta.name.rpartition(".")
             parent, _, leaf = module_name.rpartition(".")
@@ -73,7 +76,6 @@ class CPUWeightLoader:
                 fused, index, count = fused_of[leaf]
                 key = (f"{parent}.{fused}" if parent else fused, pname)
                 by_target.setdefault(key, [None] * count)[index] = meta
-                fused_targets.add(key)
             elif (module_name, pname) in by_target:
                 return None
             else:
@@ -132,14 +134,10 @@ class CPUWeightLoader:
         """Consume the received tensors (already in place, from `destinations()`); pack each layer
         once its last part is in. Returns the number of tensors received."""
         waiting = {id(layer): set(layer.parts) for layer in self._layers}
-        owners: dict[str, list[_Layer]] = {}
-        for layer in self._layers:
-            for name in layer.parts:
-                owners.setdefault(name, []).append(layer)
         count = 0
         for name, _ in incoming:
             count += 1
-            for layer in owners.get(name, ()):
+            for layer in self._owners.get(name, ()):
                 waiting[id(layer)].discard(name)
                 if not waiting[id(layer)]:
                     self._pack(layer)
