@@ -67,15 +67,19 @@ def plan_buckets(metas: list[TensorMeta], bucket_bytes: int = DEFAULT_BUCKET_BYT
     return buckets
 
 
+def _travelling_buckets(metas: list[TensorMeta], bucket_bytes: int) -> list[list[int]]:
+    """`plan_buckets` over the tensors that travel (not aliases), as indices into `metas`."""
+    travelling = [i for i, m in enumerate(metas) if not m.alias_of]
+    return [[travelling[k] for k in bucket] for bucket in plan_buckets([metas[i] for i in travelling], bucket_bytes)]
+
+
 def send_tensors(group: dist.ProcessGroup, tensors: list[torch.Tensor | None], metas: list[TensorMeta],
                  timeout_s: float, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
     """Rank 0: broadcast `tensors` (matching `metas`; aliases are not sent, their entry may be
     None) bucket by bucket; returns bytes sent."""
     sent = 0
     in_flight: deque[tuple[dist.Work, torch.Tensor]] = deque()  # a bucket lives until its broadcast ends
-    travelling = [i for i, m in enumerate(metas) if not m.alias_of]
-    for bucket in plan_buckets([metas[i] for i in travelling], bucket_bytes):
-        bucket = [travelling[k] for k in bucket]
+    for bucket in _travelling_buckets(metas, bucket_bytes):
         parts = [tensors[i].reshape(-1).to(getattr(torch, metas[i].dtype)) for i in bucket]
         flat = parts[0] if len(parts) == 1 else torch.cat(parts)  # alone: no copy (when contiguous)
         in_flight.append((broadcast_async(group, flat), flat))
@@ -95,13 +99,12 @@ def receive_tensors(group: dist.ProcessGroup, metas: list[TensorMeta], timeout_s
     whose name is in `into` is received straight into that (contiguous) tensor. Consume the
     iterator to the end: the sender waits for every bucket. An alias is yielded, with its source's
     tensor, right after the source."""
-    travelling = [i for i, m in enumerate(metas) if not m.alias_of]
-    pending = deque([travelling[k] for k in bucket] for bucket in plan_buckets([metas[i] for i in travelling], bucket_bytes))
+    pending = deque(_travelling_buckets(metas, bucket_bytes))
     aliases: dict[str, list[str]] = {}
     for m in metas:
         if m.alias_of:
             aliases.setdefault(m.alias_of, []).append(m.name)
-    unsent = set(aliases) - {metas[i].name for i in travelling}
+    unsent = set(aliases) - {m.name for m in metas if not m.alias_of}
     if unsent:
         raise ValueError(f"weight sync: aliases of tensors that are not sent: {sorted(unsent)}")
     in_flight: deque[tuple[list[int], torch.Tensor, dist.Work]] = deque()
