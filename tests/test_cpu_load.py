@@ -31,15 +31,17 @@ def _engine(model_dir: str, port: int, wire: list, queue) -> None:
     engine.join_sync_group("127.0.0.1", port, 1, 2, "gloo", 60)
     worker = engine.llm.llm_engine.model_executor.driver_worker.worker
     in_place = WeightSyncExtension._parkrl_cpu_loader
-    outputs, took_in_place = [], []
+    outputs, took_in_place, shared = [], [], []
     for k in range(len(SEEDS)):
         WeightSyncExtension._parkrl_cpu_loader = in_place if k % 2 == 0 else (lambda self, metas: None)
         engine.receive_weights(wire)
         took_in_place.append(k % 2 == 0 and worker._parkrl_loader[1] is not None)
+        model = worker.model_runner.get_model()
+        shared.append(model.lm_head.cpu_linear is model.model.embed_tokens.cpu_linear)
         done = engine.generate(PROMPTS, SamplingSpec(n=1, max_new_tokens=8, temperature=0.0))
         outputs.append([(c.token_ids, c.logprobs) for group in done for c in group])
     engine.shutdown()
-    queue.put((took_in_place, outputs))
+    queue.put((took_in_place, shared, outputs))
 
 
 def test_in_place_load_equals_vllm_reload(tiny_model_dir):
@@ -58,9 +60,10 @@ def test_in_place_load_equals_vllm_reload(tiny_model_dir):
     for seed in SEEDS:
         state = _perturbed(tiny_model_dir, seed)
         send_tensors(group, [state[m.name] for m in metas], metas, 120)
-    took_in_place, outputs = queue.get(timeout=300)
+    took_in_place, shared, outputs = queue.get(timeout=300)
     proc.join(60)
     assert took_in_place == [True, False, True, False]
+    assert shared == [True, False, True, False]  # tied matrix packed once in place; vLLM's reload packs both
     assert outputs[0] == outputs[1]  # in place == reload, same weights, to the last bit of each logprob
     assert outputs[2] == outputs[3]
     assert outputs[0] != outputs[2]  # and the weights did change the model

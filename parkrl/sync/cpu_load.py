@@ -6,7 +6,8 @@ weight, the checkpoint-name mapping in Python) before packing it again. This loa
 where each checkpoint tensor goes and has the transfer write every tensor straight there:
 norms and embeddings into their parameters, linear weights (q/k/v and gate/up as row slices
 of one fused tensor) into fresh tensors that each layer's own `process_weights_after_loading`
-packs as soon as its last part has arrived.
+packs as soon as its last part has arrived. A tied vocabulary matrix (input embedding and
+output head) is packed once and the handle shared; vLLM packs it twice.
 
 `CPUWeightLoader.build` returns None for anything it does not know exactly (quantized or
 LoRA layers, tensor parallelism, a name without a home, a vLLM parameter nothing writes); the
@@ -31,6 +32,24 @@ class _Layer:
     module: torch.nn.Module
     parts: set[str] = field(default_factory=set)
     fresh: dict[str, tuple[tuple[int, ...], torch.dtype]] = field(default_factory=dict)  # freed params to rebuild
+    tied: list[torch.nn.Module] = field(default_factory=list)  # modules with the same weight: take this packed handle
+
+
+    def share_handle(self) -> None:
+        """Give the tied modules this module's packed weight (the same matrix, packed once)."""
+        for module in self.tied:
+            module.cpu_linear = self.module.cpu_linear
+
+
+def _packing_groups(sharing: list[torch.nn.Module]) -> list[list[torch.nn.Module]]:
+    """The modules that hold one parameter, grouped so that each group is packed once. Tied
+    vocabulary matrices (input embedding and output head) on CPU: one group, since vLLM's
+    embedding method only builds `cpu_linear` from the weight; anything else: one per module."""
+    embeddings = [m for m in sharing if type(m.quant_method).__name__ == "UnquantizedEmbeddingMethod"
+                  and hasattr(m, "cpu_linear")]
+    if len(embeddings) == len(sharing) > 1:
+        return [sharing]
+    return [[m] for m in sharing]
 
 
 @dataclass(frozen=True)
@@ -111,13 +130,17 @@ class CPUWeightLoader:
             for p in parts:
                 slots[p.name] = _Slot(start, p.shape[0], **place)
                 start += p.shape[0]
-                for m in sharing:
-                    layers.setdefault(id(m), _Layer(m)).parts.add(p.name)
+            for group in _packing_groups(sharing):
+                layer = layers.setdefault(id(group[0]), _Layer(group[0]))
+                layer.parts.update(p.name for p in parts)
+                layer.tied = group[1:]
             written.add(id(param))
         if any(param.numel() and id(param) not in written for param in model.parameters()):
             return None  # a weight the sync would leave stale
         if any(not layer.parts for layer in layers.values()):
             return None
+        for layer in layers.values():
+            layer.share_handle()  # drops the duplicate handle vLLM packed at start-up
         return CPUWeightLoader(slots, list(layers.values()))
 
     def destinations(self) -> dict[str, torch.Tensor]:
@@ -151,3 +174,4 @@ class CPUWeightLoader:
         for pname in layer.fresh:  # the layer's method packs it and frees it again
             setattr(layer.module, pname, torch.nn.Parameter(self._fresh[(id(layer), pname)], requires_grad=False))
         layer.module.quant_method.process_weights_after_loading(layer.module)
+        layer.share_handle()
