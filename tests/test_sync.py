@@ -41,17 +41,31 @@ def test_broadcast_delivers_every_tensor_to_every_receiver():
     for p in procs:
         p.start()
     group = init_sync_group("127.0.0.1", port, 0, 3, "gloo", timeout_s=30)
-    sent = send_tensors(group, [state[m.name] for m in metas], metas, 30, bucket_bytes=256)
+    taken = []
+
+    def one_at_a_time():  # as a learner gathers them: each only when its bucket goes
+        for m in metas:
+            taken.append(m.name)
+            yield None if m.alias_of else state[m.name]
+
+    sent = send_tensors(group, one_at_a_time(), metas, 30, bucket_bytes=256)
     results = [queue.get(timeout=60) for _ in procs]
     for p in procs:
         p.join(30)
     assert sent == sum(t.numel() * t.element_size() for n, t in state.items() if n != "tied")
+    assert taken == [m.name for m in metas]  # the generator ran to its end, the alias included
     for got in results:
         assert set(got) == set(state)
         for name, t in state.items():
             dtype, values = got[name]
             assert dtype == str(t.dtype)
             assert torch.equal(torch.tensor(values), t.float())
+
+
+def test_fewer_tensors_than_metas_is_an_error_not_a_short_sync():
+    metas = metas_of(_state(0).items(), None)
+    with pytest.raises(ValueError, match=f"fewer tensors than the {len(metas)} metas"):
+        send_tensors(None, [], metas, 30)
 
 
 def test_tied_parameters_are_found_under_every_name():

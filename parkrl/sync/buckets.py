@@ -73,14 +73,23 @@ def _travelling_buckets(metas: list[TensorMeta], bucket_bytes: int) -> list[list
     return [[travelling[k] for k in bucket] for bucket in plan_buckets([metas[i] for i in travelling], bucket_bytes)]
 
 
-def send_tensors(group: dist.ProcessGroup, tensors: list[torch.Tensor | None], metas: list[TensorMeta],
+def send_tensors(group: dist.ProcessGroup, tensors: Iterable[torch.Tensor | None], metas: list[TensorMeta],
                  timeout_s: float, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
-    """Rank 0: broadcast `tensors` (matching `metas`; aliases are not sent, their entry may be
-    None) bucket by bucket; returns bytes sent."""
+    """Rank 0: broadcast `tensors` (one per meta, in order; an alias is not sent and may be None)
+    bucket by bucket; returns bytes sent. `tensors` may be a generator: each tensor is taken when
+    its bucket is sent (a learner gathers one while the previous ones travel)."""
+    source = enumerate(tensors)
+
+    def take(index: int) -> torch.Tensor:  # bucket indices only increase
+        for i, tensor in source:
+            if i == index:
+                return tensor
+        raise ValueError(f"weight sync: fewer tensors than the {len(metas)} metas")
+
     sent = 0
     in_flight: deque[tuple[dist.Work, torch.Tensor]] = deque()  # a bucket lives until its broadcast ends
     for bucket in _travelling_buckets(metas, bucket_bytes):
-        parts = [tensors[i].reshape(-1).to(getattr(torch, metas[i].dtype)) for i in bucket]
+        parts = [take(i).reshape(-1).to(getattr(torch, metas[i].dtype)) for i in bucket]
         flat = parts[0] if len(parts) == 1 else torch.cat(parts)  # alone: no copy (when contiguous)
         in_flight.append((broadcast_async(group, flat), flat))
         sent += flat.numel() * flat.element_size()
@@ -88,6 +97,8 @@ def send_tensors(group: dist.ProcessGroup, tensors: list[torch.Tensor | None], m
             wait(in_flight.popleft()[0], timeout_s)
     while in_flight:
         wait(in_flight.popleft()[0], timeout_s)
+    for _ in source:  # the rest (aliases): a generator runs to its end
+        pass
     return sent
 
 

@@ -3,8 +3,11 @@ then the root are sharded with `fully_shard`, mixed precision per `learner.dtype
 checkpoints are torch.distributed.checkpoint directories (loadable at any learner world size)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict,
 )
@@ -14,7 +17,7 @@ from parkrl.models.loading import resolve_dtype
 from parkrl.models.lora import plain_names
 from parkrl.sync.buckets import TensorMeta
 from parkrl.sync.ipc import share
-from parkrl.workers.learner import Learner
+from parkrl.workers.learner import Learner, check_sync_names
 
 
 class FSDPLearner(Learner):
@@ -52,6 +55,18 @@ class FSDPLearner(Learner):
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return self._merged(get_model_state_dict(self.policy.lm, options=opts))
+
+    def _weights_to_send(self, metas: list[TensorMeta]) -> Iterator[torch.Tensor | None]:
+        """Each weight gathered (`full_tensor`, a no-op on one rank) only when the sync takes it,
+        so the gathers overlap the broadcasts; LoRA needs the whole state dict to merge."""
+        if self.cfg.learner.lora_rank > 0:
+            yield from super()._weights_to_send(metas)
+            return
+        state = self.policy.lm.state_dict()
+        check_sync_names(metas, state)
+        for m in metas:
+            tensor = None if m.alias_of else state.pop(m.name)
+            yield tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
     def _full_state_dict_metas(self) -> dict[str, torch.Tensor]:
         return dict(plain_names(self.policy.lm.state_dict().items()))  # DTensors carry global shapes

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
@@ -43,6 +44,13 @@ from parkrl.models.response import (
 from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors, tied_names
 from parkrl.sync.group import free_port, init_sync_group, node_ip
 from parkrl.workers.process import import_plugins, peak_rss_gib, set_torch_threads
+
+
+def check_sync_names(metas: list[TensorMeta], state: dict[str, torch.Tensor]) -> None:
+    """Every weight the engines expect (aliases aside) is in the learner's `state`."""
+    missing = [m.name for m in metas if m.name not in state and not m.alias_of]
+    if missing:
+        raise KeyError(f"weights to sync missing from the learner's state dict: {missing[:5]}")
 
 
 _STATS = ("policy_loss", "clipped", "entropy", "ratio_dev", "tokens", "kl", "logprob_diff", "value_loss",
@@ -350,15 +358,24 @@ class Learner:
     def push_weights(self, wire_metas: list) -> int:
         """Collective over learner ranks: gather full weights; rank 0 broadcasts them to the
         engines. Returns bytes sent (0 on other ranks)."""
+        metas = [TensorMeta.from_wire(row) for row in wire_metas]
+        tensors = self._weights_to_send(metas)
+        if self.rank != 0:
+            for _ in tensors:  # the same gathers as rank 0, in the same order
+                pass
+            return 0
+        return send_tensors(self._sync_group, tensors, metas, self.cfg.trainer.sync_timeout_s)
+
+    def _weights_to_send(self, metas: list[TensorMeta]) -> Iterator[torch.Tensor | None]:
+        """Collective: the full weight for each meta, in order, on this rank's device (None for an
+        alias, which does not travel). Here from one gathered state dict; a backend may gather
+        each weight as it is taken instead."""
         state = self._full_state_dict()
         if self.rank != 0:
-            return 0
-        metas = [TensorMeta.from_wire(row) for row in wire_metas]
-        missing = [m.name for m in metas if m.name not in state and not m.alias_of]
-        if missing:
-            raise KeyError(f"weights to sync missing from the learner's state dict: {missing[:5]}")
-        tensors = [None if m.alias_of else state[m.name].to(self.device) for m in metas]  # aliases do not travel
-        return send_tensors(self._sync_group, tensors, metas, self.cfg.trainer.sync_timeout_s)
+            return
+        check_sync_names(metas, state)
+        for m in metas:
+            yield None if m.alias_of else state.pop(m.name).to(self.device)
 
     def save_hf(self, path: str) -> None:
         """Collective: save the policy as an HF checkpoint (weights, config, tokenizer) at `path`."""
