@@ -3,6 +3,7 @@ whether a micro-batch packs its shared prompts (learner.share_prompts), nor on s
 samples whose advantage is 0; and the tied output head is named for the sync as an alias."""
 import pytest
 import torch
+from torch.distributed.tensor import DTensor
 
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
@@ -119,3 +120,9 @@ def test_the_tied_head_is_named_for_the_sync_but_travels_once(tiny_model_dir):
     metas = [TensorMeta.from_wire(row) for row in learner.weight_metas()]
     assert {m.name: m.alias_of for m in metas if m.alias_of} == {"lm_head.weight": "model.embed_tokens.weight"}
     assert len({m.name for m in metas}) == len(metas) and "model.embed_tokens.weight" in {m.name for m in metas}
+    full = learner._full_state_dict()  # what the sync sends, weight by weight, without the alias
+    sent = list(learner._weights_to_send(metas))
+    assert [t is None for t in sent] == [bool(m.alias_of) for m in metas]
+    for m, t in zip(metas, sent):
+        if t is not None:
+            assert torch.equal(t, full[m.name]) and not isinstance(t, DTensor), m.name

@@ -5,7 +5,10 @@ by the learner. Consecutive tensors of one dtype can be concatenated into flat b
 `bucket_bytes` and broadcast bucket by bucket (the receiver slices them back into named
 tensors); by default each tensor is its own bucket.
 Transfers are pipelined: `IN_FLIGHT` buckets travel while the sender packs the next one and
-the receiver's consumer (vLLM's weight loading) works on the previous one.
+the receiver's consumer (vLLM's weight loading) works on the previous one. A receiver that
+takes tensors straight into their final place posts `INTO_PLACE_IN_FLIGHT` ahead instead: its
+buffers exist anyway, so a deeper queue costs no memory and keeps the transfer going while
+the consumer is busy.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from parkrl.sync.group import broadcast_async, wait
 # in 16 MiB buckets and 1.4 s in 64 MiB ones: the packing copies compete with vLLM's reload.
 DEFAULT_BUCKET_BYTES = 0
 IN_FLIGHT = 4
+INTO_PLACE_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,8 @@ def receive_tensors(group: dist.ProcessGroup, metas: list[TensorMeta], timeout_s
             flat = torch.empty(sum(metas[i].numel for i in bucket), dtype=dtype, device=device)
         in_flight.append((bucket, flat, broadcast_async(group, flat)))
 
-    while pending and len(in_flight) < IN_FLIGHT:
+    depth = INTO_PLACE_IN_FLIGHT if into else IN_FLIGHT
+    while pending and len(in_flight) < depth:
         post()
     while in_flight:
         bucket, flat, work = in_flight.popleft()

@@ -57,7 +57,7 @@ class FSDPLearner(Learner):
         return self._merged(get_model_state_dict(self.policy.lm, options=opts))
 
     def _weights_to_send(self, metas: list[TensorMeta]) -> Iterator[torch.Tensor | None]:
-        """Each weight gathered (`full_tensor`, a no-op on one rank) only when the sync takes it,
+        """Each weight gathered (`full_tensor`) only when the sync takes it,
         so the gathers overlap the broadcasts; LoRA needs the whole state dict to merge."""
         if self.cfg.learner.lora_rank > 0:
             yield from super()._weights_to_send(metas)
@@ -66,7 +66,9 @@ class FSDPLearner(Learner):
         check_sync_names(metas, state)
         for m in metas:
             tensor = None if m.alias_of else state.pop(m.name)
-            yield tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            if isinstance(tensor, DTensor):  # one rank holds it all: no gather (DTensor's dispatch costs 0.25 ms)
+                tensor = tensor.to_local() if tensor.device_mesh.size() == 1 else tensor.full_tensor()
+            yield tensor
 
     def _full_state_dict_metas(self) -> dict[str, torch.Tensor]:
         return dict(plain_names(self.policy.lm.state_dict().items()))  # DTensors carry global shapes
