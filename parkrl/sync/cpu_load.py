@@ -35,7 +35,6 @@ class _Layer:
     fresh: dict[str, tuple[tuple[int, ...], torch.dtype]] = field(default_factory=dict)  # freed params to rebuild
     tied: list[torch.nn.Module] = field(default_factory=list)  # modules with the same weight: take this packed handle
 
-
     def share_handle(self) -> None:
         """Give the tied modules this module's packed weight (the same matrix, packed once)."""
         for module in self.tied:

@@ -360,11 +360,12 @@ class Learner:
         engines. Returns bytes sent (0 on other ranks)."""
         metas = [TensorMeta.from_wire(row) for row in wire_metas]
         tensors = self._weights_to_send(metas)
-        if self.rank != 0:
-            for _ in tensors:  # the same gathers as rank 0, in the same order
+        try:
+            return 0 if self.rank != 0 else send_tensors(self._sync_group, tensors, metas,
+                                                         self.cfg.trainer.sync_timeout_s)
+        finally:
+            for _ in tensors:  # every rank runs every gather, in order, even when the send failed
                 pass
-            return 0
-        return send_tensors(self._sync_group, tensors, metas, self.cfg.trainer.sync_timeout_s)
 
     def _weights_to_send(self, metas: list[TensorMeta]) -> Iterator[torch.Tensor | None]:
         """Collective: the full weight for each meta, in order, on this rank's device (None for an
