@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from parkrl.batch import TrajectoryBatch
+from parkrl.batch import TrajectoryBatch, pad_ragged
 from parkrl.config import AlgorithmConfig, Config
 from parkrl.data import TaskPrompts
-from parkrl.metrics import PhaseTimer
+from parkrl.engines import SamplingSpec
+from parkrl.models import chat_prompt_ids
 from parkrl.rewards import RewardFunction
-from parkrl.rollout import SamplingSpec
+from parkrl.runs.metrics import PhaseTimer
 
 
 def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: TaskPrompts, cfg: Config,
@@ -41,7 +42,7 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
                             seed=cfg.trainer.seed * 1_000_003 + step * 10_007 + rnd * 7_919_993)
         samples = data.next_prompts(want)
         with timer("generate"):
-            part = rollout(fleet, tokenizer, samples, spec, cfg, group_offset=drawn, mask_truncated=a.overlong_filter)
+            part = generate_batch(fleet, tokenizer, samples, spec, cfg, group_offset=drawn, mask_truncated=a.overlong_filter)
         drawn += len(samples)
         with timer("reward"):
             scores, task_scores, failed = episode_scores(part, reward_fn, tokenizer, cfg, fleet)
@@ -71,15 +72,15 @@ def collect_batch(step: int, fleet, tokenizer, reward_fn: RewardFunction, data: 
     }
 
 
-def rollout(fleet, tokenizer, samples: list[dict[str, Any]], spec: SamplingSpec, cfg: Config, group_offset: int = 0,
+def generate_batch(fleet, tokenizer, samples: list[dict[str, Any]], spec: SamplingSpec, cfg: Config, group_offset: int = 0,
             mask_truncated: bool = False) -> TrajectoryBatch:
     """spec.n completions per sample: multi-turn episodes when `env.cls` is set, else single turns."""
     if cfg.env.cls:
         return generate_episodes(fleet, samples, spec, group_offset, mask_truncated)
-    return generate(fleet, tokenizer, samples, spec, group_offset, mask_truncated)
+    return generate_single_turn(fleet, tokenizer, samples, spec, group_offset, mask_truncated)
 
 
-def generate(fleet, tokenizer, samples: list[dict[str, Any]], spec: SamplingSpec, group_offset: int = 0,
+def generate_single_turn(fleet, tokenizer, samples: list[dict[str, Any]], spec: SamplingSpec, group_offset: int = 0,
              mask_truncated: bool = False) -> TrajectoryBatch:
     """Sample spec.n completions per task sample and pack them into a TrajectoryBatch.
 
@@ -89,12 +90,19 @@ def generate(fleet, tokenizer, samples: list[dict[str, Any]], spec: SamplingSpec
     prompts = [chat_prompt_ids(tokenizer, s["messages"]) for s in samples]
     groups = fleet.generate(prompts, spec)
     rows = [(k, c) for k, group in enumerate(groups) for c in group]
-    masked = [mask_truncated and c.finish_reason == "length" for _, c in rows]
+    for i, (_, c) in enumerate(rows):
+        if c.logprobs and len(c.logprobs) != len(c.token_ids):
+            raise ValueError(f"completion {i}: {len(c.logprobs)} logprobs for {len(c.token_ids)} tokens")
+    # The engines' lists become padded tensors here, once (no logprobs asked for: zeros).
+    ids, lengths = pad_ragged([c.token_ids for _, c in rows], torch.long)
+    logprobs, _ = pad_ragged([c.logprobs or () for _, c in rows], width=ids.shape[1])
+    trained = torch.tensor([not (mask_truncated and c.finish_reason == "length") for _, c in rows], dtype=torch.float32)
     return TrajectoryBatch(
         prompt_ids=[prompts[k] for k, _ in rows],
-        response_ids=[c.token_ids for _, c in rows],
-        loss_mask=[[0 if m else 1] * len(c.token_ids) for (_, c), m in zip(rows, masked)],
-        rollout_logprobs=[c.logprobs or [0.0] * len(c.token_ids) for _, c in rows],  # none asked for: zeros
+        response_ids=ids,
+        response_lengths=lengths,
+        loss_mask=(torch.arange(ids.shape[1]) < lengths.unsqueeze(1)) * trained.unsqueeze(1),
+        rollout_logprobs=logprobs,
         group_ids=[group_offset + k for k, _ in rows],
         samples=[samples[k] for k, _ in rows],
         finish_reasons=[c.finish_reason for _, c in rows],
@@ -108,7 +116,7 @@ def generate_episodes(fleet, samples: list[dict[str, Any]], spec: SamplingSpec, 
     rows = [(k, s) for k, s in enumerate(samples) for _ in range(spec.n)]
     episodes = fleet.episodes([s for _, s in rows], replace(spec, n=1))
     cut = [ep.finish_reason != "done" or ep.truncated for ep in episodes]  # ran out of turns or tokens
-    batch = TrajectoryBatch(
+    batch = TrajectoryBatch.from_lists(
         prompt_ids=[ep.prompt_ids for ep in episodes],
         response_ids=[ep.response_ids for ep in episodes],
         loss_mask=[[0] * len(ep.loss_mask) if mask_truncated and c else ep.loss_mask for ep, c in zip(episodes, cut)],
@@ -140,7 +148,7 @@ def episode_scores(batch: TrajectoryBatch, reward_fn: RewardFunction, tokenizer,
     task = total.clone()
     failed = 0
     if not multi_turn or cfg.env.final_reward:
-        ids = batch["final_ids"] if multi_turn else batch.response_ids
+        ids = batch["final_ids"] if multi_turn else batch.response_lists()
         values, failed = score(reward_fn, tokenizer, ids, batch.samples, cfg.reward.on_error)
         task = torch.tensor(values, dtype=torch.float32)
         total += cfg.reward.weight * task
@@ -152,24 +160,22 @@ def episode_scores(batch: TrajectoryBatch, reward_fn: RewardFunction, tokenizer,
 
 
 def episode_metrics(batch: TrajectoryBatch) -> dict[str, float]:
-    """Turns and tool use per episode (multi-turn batches only)."""
+    """Turns and tool use per episode (multi-turn batches only), plus `env/<key>_mean` for every
+    number an environment reported in `StepResult.info` (summed over each episode's turns)."""
     if "episode_info" not in batch:
         return {}
     info = batch["episode_info"]
     n = max(len(info), 1)
+    tokens = batch.num_response_tokens
+    keys = sorted({k for i in info for k, v in i.items() if k != "turns" and isinstance(v, (int, float))})
     return {
         "env/turns_mean": sum(i["turns"] for i in info) / n,
-        "env/tool_calls_mean": sum(i.get("tool_calls", 0) for i in info) / n,
+        "env/tool_calls_mean": sum(i.get("tool_calls", 0) for i in info) / n,  # 0 when the environment reports none
         "env/tool_call_rate": sum(i.get("tool_calls", 0) > 0 for i in info) / n,
         "env/tool_errors_mean": sum(i.get("tool_errors", 0) for i in info) / n,
-        "env/env_token_frac": sum(len(m) - sum(m) for m in batch.loss_mask) / max(sum(len(m) for m in batch.loss_mask), 1),
+        **{f"env/{k}_mean": sum(i.get(k, 0) for i in info) / n for k in keys if k not in ("tool_calls", "tool_errors")},
+        "env/env_token_frac": (tokens - int(batch.loss_mask.count_nonzero())) / max(tokens, 1),
     }
-
-
-def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of the chat-formatted prompt, ending with the assistant turn's header."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def score(reward_fn: RewardFunction, tokenizer, response_ids: list[list[int]],
@@ -177,8 +183,14 @@ def score(reward_fn: RewardFunction, tokenizer, response_ids: list[list[int]],
     """Rewards for every completion, and how many raised. A wrong count or a non-finite value
     is an error. If the reward function raises: with on_error="raise" the error names the
     completion; with "zero" the batch is rescored one completion at a time and those that
-    raise score 0."""
+    raise score 0.
+
+    The reward function gets each task sample with two keys added (on a copy: the task's own
+    dict is shared by the samples of a group): "response_ids", the completion's token ids as
+    the engine sampled them, and "num_response_tokens", their count (what a length penalty
+    needs; the text alone would need the tokenizer)."""
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+    samples = [{**s, "response_ids": list(ids), "num_response_tokens": len(ids)} for s, ids in zip(samples, response_ids)]
     name = type(reward_fn).__name__
     try:
         rewards = list(reward_fn(texts, [s["messages"] for s in samples], samples))
@@ -215,8 +227,10 @@ def overlong_shaped(scores: torch.Tensor, batch: TrajectoryBatch, a: AlgorithmCo
     if a.overlong_buffer <= 0:
         return scores.clone()
     start = max_new_tokens - a.overlong_buffer
-    turns = batch["final_ids"] if "final_ids" in batch else batch.response_ids  # multi-turn: the answer turn
-    lengths = torch.tensor([len(x) for x in turns], dtype=torch.float32)
+    if "final_ids" in batch:  # multi-turn: the answer turn
+        lengths = torch.tensor([len(x) for x in batch["final_ids"]], dtype=torch.float32)
+    else:
+        lengths = batch.response_lengths.float()
     return scores - a.overlong_penalty * ((lengths - start).clamp(min=0) / a.overlong_buffer).clamp(max=1.0)
 
 

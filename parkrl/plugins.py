@@ -1,4 +1,5 @@
-"""Loading user classes named by import path in the config (`reward.cls`, `env.cls`)."""
+"""Loading user code named in the config: classes by import path (`reward.cls`, `env.cls`) and the
+modules of `trainer.imports` (registrations of estimators, losses, ...). The one place user code is loaded."""
 from __future__ import annotations
 
 import importlib
@@ -26,3 +27,12 @@ def instantiate(cls: type, args: dict[str, Any], key: str) -> Any:
         return cls(**args)
     except TypeError as e:
         raise ConfigError(f"{key} {dict(args)} do not fit {cls.__module__}.{cls.__name__}: {e}") from e
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import `trainer.imports` (user registrations of estimators, losses, ...) in this process."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"trainer.imports: cannot import {name!r} ({e}); is it on PYTHONPATH?") from e

@@ -3,7 +3,7 @@
     generate -> reward -> logprobs (old, reference, values) -> advantages -> update -> sync -> (eval)
 
 With `rollout.one_step_off` the first two come from a batch generated during the previous
-step (parkrl.rollout_ahead), and the sync waits for the next one to finish.
+step (parkrl.batch_source), and the sync waits for the next one to finish.
 """
 from __future__ import annotations
 
@@ -11,39 +11,38 @@ from typing import Any
 
 import torch
 
-from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS
-from parkrl.batch import TrajectoryBatch, pad_ragged
-from parkrl.collect import episode_metrics, episode_scores, rollout
+from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS, logprob_diff_sum
+from parkrl.batch import TrajectoryBatch
+from parkrl.batch_source import BatchSource
+from parkrl.collect import episode_metrics, episode_scores, generate_batch
 from parkrl.config import Config
 from parkrl.data import TaskPrompts
-from parkrl.metrics import PhaseTimer
+from parkrl.engines import SamplingSpec
 from parkrl.rewards import RewardFunction
-from parkrl.rollout import SamplingSpec
-from parkrl.rollout_ahead import Rollouts
+from parkrl.runs.metrics import PhaseTimer
 from parkrl.workers.fleet import Fleet
 
 
-def rl_step(step: int, fleet: Fleet, rollouts: Rollouts, tokenizer, reward_fn: RewardFunction, data: TaskPrompts,
+def rl_step(step: int, fleet: Fleet, source: BatchSource, tokenizer, reward_fn: RewardFunction, data: TaskPrompts,
             cfg: Config) -> tuple[dict[str, float], TrajectoryBatch]:
     """One step of the algorithm; returns its metrics and the trained batch."""
     a, lc = cfg.algorithm, cfg.learner
     timer = PhaseTimer()
 
-    batch, metrics = rollouts.batch(step, timer)  # generate + reward (now, or one step ahead)
+    batch, metrics = source.batch(step, timer)  # generate + reward (now, or one step ahead)
     fleet.release_engines()  # colocated on GPUs: vLLM sleeps while the learner works
-    estimator = ADVANTAGES.get(a.advantage)
     with timer("logprobs"):
         if lc.mini_batches > 1 or lc.epochs > 1:  # else the update's first forward is the old policy
             batch.add("old_logprobs", fleet.per_token(batch, "policy"))
             metrics["rollout/logprob_diff"] = logprob_diff(batch["old_logprobs"], batch)
         if a.kl_coef > 0:
             batch.add("ref_logprobs", fleet.per_token(batch, "reference"))
-        if getattr(estimator, "needs_critic", False):
+        if ADVANTAGES.uses_critic(a.advantage):
             batch.add("values", fleet.per_token(batch, "critic"))
-    metrics.update(add_advantages(batch, estimator, a))
+    metrics.update(add_advantages(batch, a))
     with timer("update"):
         metrics.update(fleet.update(batch))
-    rollouts.settle(timer)  # one step off: the next batch is complete, the engines are idle
+    source.settle(timer)  # one step off: the next batch is complete, the engines are idle
     with timer("sync"):
         fleet.sync_weights()
     if eval_due(cfg, step):
@@ -51,7 +50,7 @@ def rl_step(step: int, fleet: Fleet, rollouts: Rollouts, tokenizer, reward_fn: R
             metrics.update(evaluate(fleet, tokenizer, reward_fn, data.eval, cfg))
 
     scores = metrics.pop("scores_drawn")  # every sample generated this step, kept or not
-    lengths = torch.tensor([len(x) for x in batch.response_ids], dtype=torch.float32)
+    lengths = batch.response_lengths.float()
     metrics.update({
         "reward/mean": scores.mean().item(),
         "reward/trained_mean": batch["scores"].mean().item(),
@@ -65,14 +64,16 @@ def rl_step(step: int, fleet: Fleet, rollouts: Rollouts, tokenizer, reward_fn: R
     })
     gen_s = metrics.get("timing/generate_s", metrics.get("timing/ahead_generate_s", 0.0))
     metrics["perf/gen_tokens_per_s"] = lengths.sum().item() / max(gen_s, 1e-9)
-    trained = sum(len(p) + len(x) for p, x in zip(batch.prompt_ids, batch.response_ids)) * lc.epochs
+    trained = (sum(len(p) for p in batch.prompt_ids) + batch.num_response_tokens) * lc.epochs
     metrics["perf/train_tokens_per_s"] = trained / max(metrics["timing/update_s"], 1e-9)
     metrics["workers/restarts"] = float(fleet.restarts)
     return metrics, batch
 
 
-def add_advantages(batch: TrajectoryBatch, estimator, a) -> dict[str, float]:
-    """Add "advantages" (and "returns" for GAE) to the batch; returns KL-in-reward metrics.
+def add_advantages(batch: TrajectoryBatch, a) -> dict[str, float]:
+    """Add "advantages" (and "returns" for a token-level estimator such as GAE) to the batch, by
+    the estimator `a.advantage`; returns KL-in-reward metrics. Outcome estimators give [N]
+    advantages, token-level ones [N, T] (0 off the trained tokens).
 
     With `algorithm.kl_in=reward` the per-token penalty kl_coef * KL(policy || reference) is
     subtracted from the reward: token by token for GAE, summed over the sample otherwise. GAE
@@ -80,46 +81,41 @@ def add_advantages(batch: TrajectoryBatch, estimator, a) -> dict[str, float]:
     tokens (loss mask 0) are skipped, not treated as the end of the episode.
     """
     kl, metrics = None, {}
-    mask, _ = pad_ragged(batch.loss_mask)  # trained tokens
+    mask = batch.loss_mask  # trained tokens
     if a.kl_coef > 0 and a.kl_in == "reward":
         policy = batch["old_logprobs"] if "old_logprobs" in batch else batch.rollout_logprobs
-        lp, _ = pad_ragged(policy)
-        kl = KL_ESTIMATORS.get(a.kl_estimator)(lp, pad_ragged(batch["ref_logprobs"])[0]) * mask  # trained tokens only
+        kl = KL_ESTIMATORS.get(a.kl_estimator)(policy, batch["ref_logprobs"]) * mask  # trained tokens only
         metrics["kl/ref"] = (kl.sum() / mask.sum().clamp(min=1)).item()
-    if getattr(estimator, "needs_critic", False):
-        trained = [[t for t, m in enumerate(row) if m] for row in batch.loss_mask]
-        values, prefix = pad_ragged([[v[t] for t in ts] for v, ts in zip(batch["values"], trained)])
-        token_rewards = torch.zeros_like(values)
-        for i, ts in enumerate(trained):
-            if ts:
-                token_rewards[i, len(ts) - 1] = batch["rewards"][i]  # the outcome, on the last trained token
-                if kl is not None:
-                    token_rewards[i, : len(ts)] -= a.kl_coef * kl[i, ts]
+    estimator = ADVANTAGES.get(a.advantage)
+    if ADVANTAGES.level(a.advantage) == "token":
+        # Compact each row to its trained tokens, left-aligned: [N, W], W the most trained tokens.
+        trained = mask.bool()
+        counts = trained.sum(1)
+        rows, cols = trained.nonzero(as_tuple=True)  # row-major: each row's trained tokens in order
+        at = (rows, (trained.cumsum(1) - 1)[rows, cols])  # their places in the compact rows
+        width = max(int(counts.max()) if len(batch) else 0, 1)
+        values, prefix, token_rewards = (torch.zeros(len(batch), width) for _ in range(3))
+        values[at], prefix[at] = batch["values"][rows, cols], 1.0
+        ends = (counts > 0).nonzero(as_tuple=True)[0]
+        token_rewards[ends, counts[ends] - 1] = batch["rewards"][ends]  # the outcome, on the last trained token
+        if kl is not None:
+            token_rewards[at] -= a.kl_coef * kl[rows, cols]
         adv, returns = estimator(token_rewards, values, prefix, a)
-        batch.add("advantages", _scatter(adv, trained, batch.response_ids))
-        batch.add("returns", _scatter(returns, trained, batch.response_ids))
+        for name, compact in (("advantages", adv), ("returns", returns)):
+            full = torch.zeros(batch.response_ids.shape, dtype=compact.dtype)  # 0 off the trained tokens
+            full[rows, cols] = compact[at]
+            batch.add(name, full)
     else:
         rewards = batch["rewards"] if kl is None else batch["rewards"] - a.kl_coef * kl.sum(-1)
         batch.add("advantages", estimator(rewards, torch.tensor(batch.group_ids), a))
     return metrics
 
 
-def _scatter(compact: torch.Tensor, trained: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
-    """Per-token lists over whole responses from rows over trained tokens only (0 elsewhere)."""
-    out = []
-    for i, (ts, ids) in enumerate(zip(trained, response_ids)):
-        row = [0.0] * len(ids)
-        for k, t in enumerate(ts):
-            row[t] = compact[i, k].item()
-        out.append(row)
-    return out
-
-
 def evaluate(fleet: Fleet, tokenizer, reward_fn: RewardFunction, eval_samples: list[dict[str, Any]],
              cfg: Config) -> dict[str, float]:
     """Greedy accuracy on the held-out eval set (whole episodes when env.cls is set)."""
     spec = SamplingSpec(n=1, max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0, logprobs=False)
-    batch = rollout(fleet, tokenizer, eval_samples, spec, cfg)
+    batch = generate_batch(fleet, tokenizer, eval_samples, spec, cfg)
     scores, task, _ = episode_scores(batch, reward_fn, tokenizer, cfg, fleet)
     return {
         "eval/accuracy": sum(reward_fn.is_correct(v) for v in task.tolist()) / len(task),
@@ -128,30 +124,28 @@ def evaluate(fleet: Fleet, tokenizer, reward_fn: RewardFunction, eval_samples: l
     }
 
 
-def logprob_diff(learner_logprobs: list[list[float]], batch: TrajectoryBatch) -> float:
+def logprob_diff(learner_logprobs: torch.Tensor, batch: TrajectoryBatch) -> float:
     """Mean |learner logprob - rollout logprob| over trained tokens (the same policy version,
-    unless rollout.one_step_off: then the learner is one update ahead)."""
-    total, count = 0.0, 0
-    for lp, rp, mask in zip(learner_logprobs, batch.rollout_logprobs, batch.loss_mask):
-        for a, b, m in zip(lp, rp, mask):
-            if m:
-                total += abs(a - b)
-                count += 1
-    return total / max(count, 1)
+    unless rollout.one_step_off: then the learner is one update ahead). Summed in float64."""
+    total = logprob_diff_sum(learner_logprobs.double(), batch.rollout_logprobs.double(), batch.loss_mask)
+    return total.item() / max(int(batch.loss_mask.count_nonzero()), 1)
 
 
 def sample_rows(batch: TrajectoryBatch, tokenizer, k: int) -> list[dict[str, Any]]:
-    """The first `k` samples of the batch as readable rows for samples.jsonl."""
+    """The first `k` samples of the batch as readable rows for samples.jsonl ("advantage": the
+    sample's, or the mean over its response tokens for a token-level estimator)."""
     rows = []
+    adv = batch["advantages"]
     for i in range(min(k, len(batch))):
-        adv = batch["advantages"][i]
+        n = int(batch.response_lengths[i])
+        per_token = adv[i, :n].tolist() if adv.dim() == 2 else None
         rows.append({
             "prompt": batch.samples[i].get("question"),  # the user turn (the chat template adds the rest)
-            "completion": tokenizer.decode(batch.response_ids[i], skip_special_tokens=True),
+            "completion": tokenizer.decode(batch.response_ids[i, :n].tolist(), skip_special_tokens=True),
             "answer": batch.samples[i].get("answer"),
             "score": float(batch["scores"][i]),
             "reward": float(batch["rewards"][i]),
-            "advantage": float(adv) if not isinstance(adv, list) else sum(adv) / max(len(adv), 1),
+            "advantage": float(adv[i]) if per_token is None else sum(per_token) / max(len(per_token), 1),
             "group": batch.group_ids[i],
             "finish_reason": batch.finish_reasons[i],
         })

@@ -19,9 +19,9 @@ import torch
 
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
-from parkrl.microbatch import padded_tokens, plan_micro_batches
 from parkrl.models import resolve_model_path
 from parkrl.workers.fsdp_learner import FSDPLearner
+from parkrl.workers.microbatch import padded_tokens, plan_micro_batches
 
 
 def varied_batch(n: int, longest: int, seed: int = 0) -> TrajectoryBatch:
@@ -32,8 +32,9 @@ def varied_batch(n: int, longest: int, seed: int = 0) -> TrajectoryBatch:
     lengths = torch.exp(torch.empty(n).uniform_(torch.log(torch.tensor(4.0)).item(), torch.log(torch.tensor(float(longest))).item(),
                                                 generator=g)).long().tolist()
     responses = [torch.randint(3, 49000, (L,), generator=g).tolist() for L in lengths]
-    batch = TrajectoryBatch(prompts, responses, [[1] * len(r) for r in responses],
-                            [[-1.0] * len(r) for r in responses], [i // 8 for i in range(n)], [{}] * n, ["stop"] * n)
+    batch = TrajectoryBatch.from_lists(prompts, responses, [[1] * len(r) for r in responses],
+                                       [[-1.0] * len(r) for r in responses], [i // 8 for i in range(n)], [{}] * n,
+                                       ["stop"] * n)
     batch.add("advantages", torch.randn(n, generator=g))
     return batch
 
@@ -46,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     model = resolve_model_path("smollm2-135m-instruct")
     batch = varied_batch(args.samples, args.longest)
-    lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+    lengths = [len(p) + r for p, r in zip(batch.prompt_ids, batch.response_lengths.tolist())]
     modes = [("whole batch padded", args.samples, 0), ("sorted, 8 per pass", 8, 0),
              (f"sorted, {args.budget}-token budget", args.samples, args.budget)]
     cfg = Config()

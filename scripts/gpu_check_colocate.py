@@ -51,8 +51,8 @@ def batch(n: int = 8):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(2, VOCAB, (64,), generator=g).tolist() for _ in range(n)]
     responses = [torch.randint(2, VOCAB, (192,), generator=g).tolist() for _ in range(n)]
-    b = TrajectoryBatch(prompts, responses, [[1] * 192] * n, [[-1.0] * 192] * n, [i // 4 for i in range(n)],
-                        [{}] * n, ["stop"] * n)
+    b = TrajectoryBatch.from_lists(prompts, responses, [[1] * 192] * n, [[-1.0] * 192] * n, [i // 4 for i in range(n)],
+                                   [{}] * n, ["stop"] * n)
     b.add("advantages", torch.randn(n, generator=g))
     return b
 
@@ -75,7 +75,7 @@ def engine_side(model_dir: str, inbox, outbox) -> None:
     load_s = time.perf_counter() - t0
     del named
     b = batch()
-    padded = pad_samples(b.prompt_ids, b.response_ids, b.loss_mask, 0).to("cuda")
+    padded = pad_samples(b.prompt_ids, b.response_ids, b.response_lengths.tolist(), b.loss_mask, 0).to("cuda")
     with torch.no_grad():
         logprobs = ResponseLogprobs(model)(padded)[0].float().cpu()
     outbox.put({"load_s": load_s, "missing": list(missing), "unexpected": list(unexpected), "logprobs": logprobs})

@@ -71,8 +71,8 @@ def main() -> int:
     resp = args.seq - args.prompt
     prompts = [torch.randint(2, mc.vocab_size, (args.prompt,), generator=g).tolist() for _ in range(args.batch)]
     responses = [torch.randint(2, mc.vocab_size, (resp,), generator=g).tolist() for _ in range(args.batch)]
-    batch = TrajectoryBatch(prompts, responses, [[1] * resp] * args.batch, [[-1.0] * resp] * args.batch,
-                            list(range(args.batch)), [{}] * args.batch, ["stop"] * args.batch)
+    batch = TrajectoryBatch.from_lists(prompts, responses, [[1] * resp] * args.batch, [[-1.0] * resp] * args.batch,
+                                       list(range(args.batch)), [{}] * args.batch, ["stop"] * args.batch)
     batch.add("advantages", torch.randn(args.batch, generator=g))
     times = []
     for step in range(args.steps + 1):  # the first is warm-up

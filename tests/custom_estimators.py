@@ -4,7 +4,7 @@ import torch
 from parkrl.algorithms import ADVANTAGES
 
 
-@ADVANTAGES.register("median_baseline")
+@ADVANTAGES.register("median_baseline", needs_groups=True)
 def median_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, cfg) -> torch.Tensor:
     """Reward minus the group's median."""
     out = torch.empty_like(rewards)

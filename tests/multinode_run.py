@@ -11,10 +11,10 @@ import torch
 from ray.cluster_utils import Cluster
 
 from parkrl.algorithms import ADVANTAGES
-from parkrl.collect import generate
+from parkrl.collect import generate_single_turn
 from parkrl.data import TaskPrompts
 from parkrl.models import load_tokenizer
-from parkrl.rollout import SamplingSpec
+from parkrl.engines import SamplingSpec
 from parkrl.step import logprob_diff
 from parkrl.workers.cluster import worker_env
 from parkrl.workers.fleet import Fleet
@@ -37,7 +37,7 @@ def main(model_dir: str, out_dir: str) -> None:
     fleet = Fleet(cfg, model_dir)
     try:
         def batch():
-            b = generate(fleet, tok, data.next_prompts(4), spec)
+            b = generate_single_turn(fleet, tok, data.next_prompts(4), spec)
             b.add("advantages", ADVANTAGES.get("grpo")(torch.arange(len(b), dtype=torch.float32) % 3,
                                                        torch.tensor(b.group_ids), cfg.algorithm))
             return b
@@ -46,7 +46,7 @@ def main(model_dir: str, out_dir: str) -> None:
         stale = logprob_diff(fleet.per_token(b := batch(), "policy"), b)  # engine not synced yet
         fleet.sync_weights()  # crosses from the learner's node to the engine's
         synced = logprob_diff(fleet.per_token(b := batch(), "policy"), b)
-        result = {"learner_nodes": fleet.learner.node_ids(), "rollout_nodes": fleet.rollout.node_ids(),
+        result = {"learner_nodes": fleet.learner.node_ids(), "rollout_nodes": fleet.engines.node_ids(),
                   "rollout_node_id": rollout_node.node_id, "head_node_id": cluster.head_node.node_id,
                   "stale": stale, "synced": synced}
     finally:

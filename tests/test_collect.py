@@ -5,15 +5,15 @@ import torch
 from parkrl.batch import TrajectoryBatch
 from parkrl.collect import collect_batch, overlong_shaped, split_by_signal
 from parkrl.config import AlgorithmConfig, Config
-from parkrl.metrics import PhaseTimer
+from parkrl.runs.metrics import PhaseTimer
 from parkrl.rewards import RewardFunction
-from parkrl.rollout import Completion
+from parkrl.engines import Completion
 
 
 def rows(lengths, groups, scores=None, rewards=None, task_scores=None) -> TrajectoryBatch:
     n = len(lengths)
-    b = TrajectoryBatch([[1]] * n, [[5] * L for L in lengths], [[1] * L for L in lengths],
-                        [[0.0] * L for L in lengths], groups, [{}] * n, ["stop"] * n)
+    b = TrajectoryBatch.from_lists([[1]] * n, [[5] * L for L in lengths], [[1] * L for L in lengths],
+                                   [[0.0] * L for L in lengths], groups, [{}] * n, ["stop"] * n)
     if scores is not None:
         b.add("scores", torch.tensor(scores))
         b.add("task_scores", torch.tensor(task_scores if task_scores is not None else scores))
@@ -104,13 +104,39 @@ def test_dynamic_sampling_cap_fills_with_flat_groups(smollm2_dir):
 def test_overlong_filter_masks_truncated_completions(smollm2_dir):
     from transformers import AutoTokenizer
 
-    from parkrl.collect import generate
-    from parkrl.rollout import SamplingSpec
+    from parkrl.collect import generate_single_turn
+    from parkrl.engines import SamplingSpec
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     fleet = FakeFleet(tok, good_every=1)
     spec = SamplingSpec(n=2, max_new_tokens=1)  # "7" and "9" are one token: both hit the budget
-    batch = generate(fleet, tok, Prompts().next_prompts(1), spec, mask_truncated=True)
-    assert batch.finish_reasons == ["length", "length"] and batch.loss_mask == [[0], [0]]
-    kept = generate(fleet, tok, Prompts().next_prompts(1), spec, mask_truncated=False)
-    assert kept.loss_mask == [[1], [1]]
+    batch = generate_single_turn(fleet, tok, Prompts().next_prompts(1), spec, mask_truncated=True)
+    assert batch.finish_reasons == ["length", "length"] and batch.loss_mask.tolist() == [[0.0], [0.0]]
+    kept = generate_single_turn(fleet, tok, Prompts().next_prompts(1), spec, mask_truncated=False)
+    assert kept.loss_mask.tolist() == [[1.0], [1.0]]
+
+
+def test_single_turn_batch_holds_the_engines_values_as_padded_float32(smollm2_dir):
+    """Completions of different lengths (one without logprobs) become [N, T] tensors once; the
+    float32 logprobs are what the learner used to convert the engines' floats to."""
+    from transformers import AutoTokenizer
+
+    from parkrl.collect import generate_single_turn
+    from parkrl.engines import SamplingSpec
+
+    class Fixed:
+        def generate(self, prompts, spec):
+            return [[Completion([11, 12, 13], [-0.1, -0.2, -0.3], "stop"), Completion([14], [], "length")]]
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    b = generate_single_turn(Fixed(), tok, Prompts().next_prompts(1), SamplingSpec(n=2), mask_truncated=True)
+    assert b.response_ids.tolist() == [[11, 12, 13], [14, 0, 0]] and b.response_lengths.tolist() == [3, 1]
+    assert b.rollout_logprobs.tolist() == [torch.tensor([-0.1, -0.2, -0.3]).tolist(), [0.0, 0.0, 0.0]]
+    assert b.loss_mask.tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]  # cut at the budget: not trained
+
+    class Broken:
+        def generate(self, prompts, spec):
+            return [[Completion([11, 12], [-0.1], "stop")]]
+
+    with pytest.raises(ValueError, match="1 logprobs for 2 tokens"):
+        generate_single_turn(Broken(), tok, Prompts().next_prompts(1), SamplingSpec(n=1))

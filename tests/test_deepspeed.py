@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def _rank(rank: int, backend: str, stage: int, model_dir: str, port: int, out: str, zero_rows: tuple = ()) -> None:
-    from parkrl.workers.learner import learner_class
+    from parkrl.workers.fleet import learner_class
 
     cfg = Config()
     cfg.learner.backend, cfg.learner.zero_stage = backend, stage
@@ -31,7 +31,7 @@ def _rank(rank: int, backend: str, stage: int, model_dir: str, port: int, out: s
     batch = zero_advantage_batch(16, zero_rows)
     # rank 0 gets the 8 longest samples, rank 1 the 8 shortest: their token budgets cut them
     # into different numbers of micro-batches, which both backends must equalise.
-    order = sorted(range(16), key=lambda i: -(len(batch.prompt_ids[i]) + len(batch.response_ids[i])))
+    order = sorted(range(16), key=lambda i: -(len(batch.prompt_ids[i]) + int(batch.response_lengths[i])))
     share = batch.select(sorted(order[rank * 8:(rank + 1) * 8]))
     metrics = [learner.update(share) for _ in range(2)]
     state = learner._full_state_dict()
@@ -79,7 +79,7 @@ def test_ranks_skip_zero_advantage_samples_unevenly_and_match_one_rank(tiny_mode
     """Rank 1 has no sample with signal and rank 0 half: rank 1 runs as many zero-gradient rows
     as rank 0 runs live ones (same passes), and the update equals one rank computing everything."""
     batch = zero_advantage_batch(16, ())
-    order = sorted(range(16), key=lambda i: -(len(batch.prompt_ids[i]) + len(batch.response_ids[i])))
+    order = sorted(range(16), key=lambda i: -(len(batch.prompt_ids[i]) + int(batch.response_lengths[i])))
     zero = tuple(sorted(order[8:] + order[:4]))  # all of rank 1's share, half of rank 0's
     two = _run("fsdp2", 0, tiny_model_dir, str(tmp_path / "two.pt"), zero)
     metrics, state = _update_twice(tiny_model_dir, zero_advantage_batch(16, zero), skip=False, grad_clip=0.5)

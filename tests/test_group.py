@@ -59,6 +59,22 @@ def test_worker_exception_names_worker_and_method():
         g.call("fail_if", 1)
 
 
+def test_wait_returns_submitted_results_in_the_order_of_their_ranks():
+    g = group(timeout_s=1.0)
+    pending = g.submit("nap", 0.3, ranks=[2, 0])
+    assert g.wait(pending) == [2, 0]
+    with pytest.raises(WorkerTimeout, match=r"sleeper\[2\]\.nap_if did not finish within 1 s"):
+        g.wait(g.submit_each("nap_if", [(2, 3.0), (2, 3.0)], [0, 2]))
+
+
+def test_local_workers_never_count_as_dead_and_cannot_be_restarted():
+    g = group(2)
+    assert g.dead_ranks() == []
+    with pytest.raises(RuntimeError, match=r"sleeper\[1\]: workers can be restarted only with trainer.runtime=ray"):
+        g.restart(1)
+    assert g.call("nap", 0.0) == [0, 1]
+
+
 def test_wait_all_spans_groups():
     a, b = group(2), group(2)
     out = wait_all([a.submit("nap", 0.2), b.submit("nap", 0.2, ranks=[1])], 5.0)
@@ -95,12 +111,12 @@ def test_colocated_groups_share_each_bundle_and_the_host_owns_it(ray_session):
     try:
         guest = WorkerGroup("guest", Where, RoleResources(num_workers=2, cpus_per_worker=0.125), "ray", 60,
                             lambda r: (r,), colocate_with=host)
-        assert host._bundle() == {"CPU": 0.375}  # both roles' CPUs in each bundle
-        assert guest._pg.id == host._pg.id
+        assert host.runtime.bundle == {"CPU": 0.375}  # both roles' CPUs in each bundle
+        assert guest.runtime.placement_group.id == host.runtime.placement_group.id
         assert guest.call("rank_here") == [0, 1]
         guest.shutdown()
-        assert placement_group_table(host._pg)["state"] == "CREATED"  # still the host's, and in use
+        assert placement_group_table(host.runtime.placement_group)["state"] == "CREATED"  # still the host's, and in use
         assert host.call("rank_here") == [0, 1]
     finally:
         host.shutdown()
-    assert placement_group_table(host._pg)["state"] == "REMOVED"
+    assert placement_group_table(host.runtime.placement_group)["state"] == "REMOVED"

@@ -13,13 +13,13 @@ import torch
 
 from parkrl.algorithms import ADVANTAGES
 from parkrl.config import Config
-from parkrl.collect import generate, score
+from parkrl.collect import generate_single_turn, score
 from parkrl.controller import train
 from parkrl.step import logprob_diff
 from parkrl.models import load_tokenizer
 from parkrl.data import TaskPrompts
 from parkrl.rewards import load_reward
-from parkrl.rollout import SamplingSpec
+from parkrl.engines import SamplingSpec
 
 pytestmark = pytest.mark.integration
 SYNC_OK = 1e-3
@@ -67,13 +67,13 @@ def test_ray_fsdp2_vllm_run(tiny_model_dir, tmp_path, ray_session):
     # The final checkpoint loads in transformers and in vLLM, and both decode it alike.
     from transformers import AutoModelForCausalLM
 
-    from parkrl.workers.rollout import RolloutWorker
+    from parkrl.workers.engine import EngineWorker
 
     final = AutoModelForCausalLM.from_pretrained(out / "final").eval()
     prompt = [1, 4093, 198, 28, 1232, 216, 35, 446]
     hf_greedy = final.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
     cfg = tiny_config(str(out / "final"), str(tmp_path / "unused"))
-    engine = ray_session.remote(RolloutWorker).remote(cfg, str(out / "final"), 0)
+    engine = ray_session.remote(EngineWorker).remote(cfg, str(out / "final"), 0)
     try:
         done = ray_session.get(engine.generate.remote([prompt], SamplingSpec(n=1, max_new_tokens=8, temperature=0.0)),
                                timeout=300)
@@ -94,8 +94,8 @@ def test_sync_keeps_engine_equal_to_learner_and_skipping_it_does_not(tiny_model_
     spec = SamplingSpec(n=4, max_new_tokens=12, temperature=1.0, seed=1)
 
     def rollout():
-        batch = generate(fleet, tok, data.next_prompts(4), spec)
-        batch.add("rewards", torch.tensor(score(reward, tok, batch.response_ids, batch.samples)[0]))
+        batch = generate_single_turn(fleet, tok, data.next_prompts(4), spec)
+        batch.add("rewards", torch.tensor(score(reward, tok, batch.response_lists(), batch.samples)[0]))
         batch.add("advantages", ADVANTAGES.get("grpo")(batch["rewards"], torch.tensor(batch.group_ids), cfg.algorithm))
         return batch
 

@@ -19,8 +19,8 @@ def random_batch(n: int = 8) -> TrajectoryBatch:
     responses = [torch.randint(3, 1000, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
     masks = [[1] * len(r) for r in responses]
     masks[1][0] = 0  # an environment token inside a response
-    batch = TrajectoryBatch(prompts, responses, masks, [[-1.0] * len(r) for r in responses],
-                            [i // 4 for i in range(n)], [{}] * n, ["stop"] * n)
+    batch = TrajectoryBatch.from_lists(prompts, responses, masks, [[-1.0] * len(r) for r in responses],
+                                       [i // 4 for i in range(n)], [{}] * n, ["stop"] * n)
     batch.add("advantages", torch.randn(n, generator=g))
     return batch
 
@@ -61,7 +61,7 @@ def _update_twice(model_dir: str, batch: TrajectoryBatch, skip: bool, kl_in_loss
     cfg.learner.weight_decay = weight_decay
     if kl_in_loss:
         cfg.algorithm.kl_coef = 0.1
-        batch.add("ref_logprobs", [[-1.0] * len(r) for r in batch.response_ids])
+        batch.add("ref_logprobs", batch.padded([[-1.0] * n for n in batch.response_lengths.tolist()]))
     learner = FSDPLearner(cfg, model_dir, rank=0, world_size=1)
     if not skip:  # the reference: every sample computed
         learner._rows_with_gradient = lambda mini, stats: list(range(len(mini)))
@@ -110,6 +110,25 @@ def test_a_batch_without_signal_still_takes_its_optimizer_step(tiny_model_dir):
         assert torch.equal(w_skipped[name], w), name
 
 
+def test_weights_travel_in_the_dtype_the_engines_report(tiny_model_dir):
+    """`auto` may resolve differently on the engines' nodes than on the learner's: the fleet asks
+    the engines (EngineWorker.weight_dtype) and the learner casts to that before sending."""
+    from parkrl.sync import TensorMeta
+
+    cfg = Config()
+    cfg.learner.dtype = cfg.rollout.dtype = "float32"
+    learner = FSDPLearner(cfg, tiny_model_dir, rank=0, world_size=1)
+    learner.setup(*learner.free_address())
+    own = [TensorMeta.from_wire(row) for row in learner.weight_metas()]
+    reported = [TensorMeta.from_wire(row) for row in learner.weight_metas("bfloat16")]
+    assert {m.dtype for m in own} == {"float32"} and {m.dtype for m in reported} == {"bfloat16"}
+    assert [(m.name, m.shape, m.alias_of) for m in own] == [(m.name, m.shape, m.alias_of) for m in reported]
+    assert sum(m.nbytes for m in reported) * 2 == sum(m.nbytes for m in own)
+    sent = [t for t in learner._weights_to_send(reported) if t is not None]
+    assert {t.dtype for t in sent} == {torch.float32}  # master weights: send_tensors casts each as it goes
+    learner.shutdown()
+
+
 def test_the_tied_head_is_named_for_the_sync_but_travels_once(tiny_model_dir):
     from parkrl.sync import TensorMeta
 
@@ -126,3 +145,28 @@ def test_the_tied_head_is_named_for_the_sync_but_travels_once(tiny_model_dir):
     for m, t in zip(metas, sent):
         if t is not None:
             assert torch.equal(t, full[m.name]) and not isinstance(t, DTensor), m.name
+
+
+def test_a_loss_with_gradient_at_zero_advantage_opts_out_of_skipping(tiny_model_dir):
+    """A policy loss with a term of its own (here a pull of the logprobs towards 0) has a gradient
+    on samples whose advantage is 0: registered with needs_zero_advantage_rows=True, every
+    sample is computed; without it those samples would be left out (and their term lost)."""
+    from parkrl.algorithms import POLICY_LOSSES, PolicyLossOutput
+
+    def loss_with_regulariser(logprobs, old_logprobs, advantages, mask, cfg):
+        ratio = torch.exp(logprobs - old_logprobs)
+        return PolicyLossOutput(-advantages * ratio + 0.01 * logprobs ** 2, torch.zeros_like(ratio), ratio)
+
+    POLICY_LOSSES.register("test_only_regularised", needs_zero_advantage_rows=True)(loss_with_regulariser)
+    POLICY_LOSSES.register("test_only_plain")(loss_with_regulariser)
+    assert POLICY_LOSSES.needs_zero_advantage_rows("test_only_regularised")
+    assert not POLICY_LOSSES.needs_zero_advantage_rows("test_only_plain") and not POLICY_LOSSES.needs_zero_advantage_rows("ppo_clip")
+    skipped = {}
+    for name in ("test_only_regularised", "test_only_plain"):
+        cfg = Config()
+        cfg.learner.dtype, cfg.learner.micro_batch_size, cfg.algorithm.policy_loss = "float32", 4, name
+        learner = FSDPLearner(cfg, tiny_model_dir, rank=0, world_size=1)
+        learner.setup(*learner.free_address())
+        skipped[name] = learner.update(zero_advantage_batch(8, (0, 1, 2, 3)))["learner/skipped_samples"]
+        learner.shutdown()
+    assert skipped == {"test_only_regularised": 0, "test_only_plain": 4}

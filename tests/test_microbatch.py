@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from parkrl.microbatch import padded_tokens, plan_micro_batches, split_to_count
+from parkrl.workers.microbatch import padded_tokens, plan_micro_batches, split_to_count
 from parkrl.models.response import ResponseLogprobs, pad_samples
+from test_response import ragged
 
 
 def test_token_budget_plan_by_hand():
@@ -25,7 +26,7 @@ def test_a_sample_scores_the_same_alone_and_beside_others(tiny_model_dir):
                for p, r in ((4, 3), (11, 9), (7, 2), (20, 5))]
 
     def logprobs(rows):
-        batch = pad_samples([p for p, _ in rows], [r for _, r in rows], [[1] * len(r) for _, r in rows], pad_id=0)
+        batch = ragged(pad_samples, [p for p, _ in rows], [r for _, r in rows], [[1] * len(r) for _, r in rows], pad_id=0)
         with torch.no_grad():
             return batch.unpad(model(batch)[0])
 

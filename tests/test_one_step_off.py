@@ -22,7 +22,7 @@ def test_truncated_is_weights_by_hand():
 
 @pytest.mark.integration
 def test_one_step_off_run_trains_on_the_previous_weights_batch(tiny_model_dir, tmp_path, ray_session):
-    from parkrl import checkpoint
+    from parkrl.runs import checkpoint
     from parkrl.controller import train
     from parkrl.data import TaskPrompts
     from test_integration import SYNC_OK, read_metrics, tiny_config

@@ -2,11 +2,18 @@
 import pytest
 import torch
 
+from parkrl.batch import pad_ragged
 from parkrl.models.response import ResponseLogprobs, pad_samples, share_prompts
 
 
+def ragged(build, prompts, responses, masks, pad_id):
+    """`build` (pad_samples or share_prompts) on ragged lists, padded as a TrajectoryBatch holds them."""
+    ids, lengths = pad_ragged(responses, torch.long)
+    return build(prompts, ids, lengths.tolist(), pad_ragged(masks)[0], pad_id)
+
+
 def test_pad_samples_aligns_predicting_positions():
-    b = pad_samples([[1, 2, 3], [4]], [[5, 6], [7, 8, 9]], [[1, 0], [1, 1, 1]], pad_id=0)
+    b = ragged(pad_samples, [[1, 2, 3], [4]], [[5, 6], [7, 8, 9]], [[1, 0], [1, 1, 1]], pad_id=0)
     assert b.input_ids.tolist() == [[1, 2, 3, 5, 6], [4, 7, 8, 9, 0]]
     assert b.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
     assert b.predict_positions.tolist() == [[2, 3, 0], [0, 1, 2]]
@@ -22,7 +29,7 @@ def test_response_logprobs_match_full_forward(tiny_model_dir):
     temperature = 0.7
     wrapped = ResponseLogprobs(lm, temperature)
     prompts, responses = [[1, 20, 30, 40], [1, 50]], [[60, 70, 2], [80]]
-    b = pad_samples(prompts, responses, [[1] * len(r) for r in responses], pad_id=2)
+    b = ragged(pad_samples, prompts, responses, [[1] * len(r) for r in responses], pad_id=2)
     with torch.no_grad():
         logprobs, entropy = wrapped(b)
         for i, (p, r) in enumerate(zip(prompts, responses)):
@@ -39,7 +46,7 @@ def test_response_logprobs_match_full_forward(tiny_model_dir):
 
 
 def test_share_prompts_layout_by_hand():
-    b = share_prompts([[1, 2, 3], [7, 8], [1, 2, 3]], [[5, 6], [], [9]], [[1, 0], [], [1]], pad_id=0)
+    b = ragged(share_prompts, [[1, 2, 3], [7, 8], [1, 2, 3]], [[5, 6], [], [9]], [[1, 0], [], [1]], pad_id=0)
     # row 0: prompt [1, 2] once, then suffixes [3, 5] (sample 0) and [3] (sample 2); row 1: [7], no suffix
     assert b.input_ids.tolist() == [[1, 2, 3, 5, 3], [7, 0, 0, 0, 0]]
     assert b.position_ids.tolist() == [[0, 1, 2, 3, 2], [0, 0, 0, 0, 0]]
@@ -47,6 +54,23 @@ def test_share_prompts_layout_by_hand():
     assert b.gather_rows.tolist() == [0, 1, 0]
     assert b.gather_cols.tolist() == [[2, 3], [0, 0], [4, 0]]
     assert b.targets.tolist() == [[5, 6], [0, 0], [9, 0]] and b.mask.tolist() == [[1, 0], [0, 0], [1, 0]]
+
+
+@pytest.mark.parametrize("build", [pad_samples, share_prompts])
+def test_layouts_read_only_each_rows_own_tokens_of_a_wider_batch(build):
+    """A micro-batch's rows come from a batch padded to its longest response: the extra columns
+    and whatever sits past each row's length never reach the layout."""
+    prompts, lengths = [[1, 2, 3], [1, 2, 3], [7]], [2, 1, 0]
+    tight = ragged(build, prompts, [[5, 6], [9], []], [[1, 0], [1], []], pad_id=0)
+    ids = torch.tensor([[5, 6, 77, 77], [9, 77, 77, 77], [77, 77, 77, 77]])  # 77: not a response token
+    mask = torch.tensor([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    wide = build(prompts, ids, lengths, mask, 0)
+    for name, value in vars(tight).items():
+        assert (value.tolist() if isinstance(value, torch.Tensor) else value) == (
+            getattr(wide, name).tolist() if isinstance(value, torch.Tensor) else getattr(wide, name)), name
+    assert wide.targets.is_contiguous() and wide.mask.is_contiguous()
+    per_token = torch.tensor([[0.5, 0.25, 0.0, 0.0], [0.125, 0.0, 0.0, 0.0], [0.0] * 4])  # a batch field, [N, T]
+    assert wide.rows_of(per_token, [2, 0, 1]).tolist() == [[0.0, 0.0], [0.5, 0.25], [0.125, 0.0]]
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -67,7 +91,7 @@ def test_shared_prompt_forward_matches_the_padded_one_in_values_and_gradients(ti
     torch.manual_seed(0)
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
     results = []
-    for batch in (pad_samples(prompts, responses, masks, 0), share_prompts(prompts, responses, masks, 0)):
+    for batch in (ragged(pad_samples, prompts, responses, masks, 0), ragged(share_prompts, prompts, responses, masks, 0)):
         lm.zero_grad()
         policy, critic = ResponseLogprobs(lm, 0.9), ResponseValues(lm)
         torch.nn.init.normal_(critic.head.weight, generator=torch.Generator().manual_seed(1))

@@ -62,7 +62,7 @@ def test_model_and_rule_rewards_combine_by_weight(minilm_with_head, tiny_model_d
     tok = load_tokenizer(tiny_model_dir)
     ids = [tok.encode(c, add_special_tokens=False) for c in COMPLETIONS]
     samples = [{"question": q, "answer": a, "messages": []} for q, a in zip(PROMPTS, ["5", "42", "red", "5", "x"])]
-    batch = TrajectoryBatch(prompt_ids=[[1]] * 5, response_ids=ids, loss_mask=[[1] * len(i) for i in ids],
+    batch = TrajectoryBatch.from_lists(prompt_ids=[[1]] * 5, response_ids=ids, loss_mask=[[1] * len(i) for i in ids],
                             rollout_logprobs=[[0.0] * len(i) for i in ids], group_ids=list(range(5)), samples=samples,
                             finish_reasons=["stop"] * 5)
     cfg = Config()

@@ -1,17 +1,78 @@
-"""Advantage estimators: per-sample (outcome) rewards -> per-sample advantages.
+"""Advantage estimators, registered under `algorithm.advantage` names, each of one of two levels:
 
-An estimator is `fn(rewards [N], group_ids [N], cfg: AlgorithmConfig) -> advantages [N]`;
-samples drawn from the same prompt share a group id. Register your own with
-`@ADVANTAGES.register("name")` and select it with `algorithm.advantage=name`.
+- "outcome" (the default): `fn(rewards [N], group_ids [N], cfg: AlgorithmConfig) -> advantages [N]`,
+  one per sample, broadcast to its tokens; samples drawn from the same prompt share a group id.
+- "token": `fn(token_rewards [B, T], values [B, T], mask [B, T], cfg) -> (advantages, returns)`,
+  per token, with the critic's state values; choosing one builds a critic (PPO's GAE).
+
+Register your own with `@ADVANTAGES.register("name")` (outcome) or
+`@ADVANTAGES.register("name", level="token")` and select it with `algorithm.advantage=name`.
+The level is declared there once; `ADVANTAGES.level(name)` and `ADVANTAGES.uses_critic(name)`
+are what the controller and the learner ask.
+
+An estimator that compares each sample with the other samples of its prompt (a group of
+`rollout.n`) declares `needs_groups=True`: with one sample per prompt it gives every sample
+advantage 0, so nothing would train, and the config check rejects `rollout.n=1` for it
+(GRPO, Dr.GRPO, RLOO and REINFORCE++ with baseline do; REINFORCE++ and GAE do not).
 """
 from __future__ import annotations
+
+from typing import Callable, TypeVar
 
 import torch
 
 from parkrl.algorithms.registry import Registry
 from parkrl.config import AlgorithmConfig
 
-ADVANTAGES = Registry("advantage estimator", "algorithm.advantage")
+F = TypeVar("F", bound=Callable)
+LEVELS = ("outcome", "token")
+
+
+class EstimatorRegistry(Registry):
+    """A Registry whose entries also declare their level ("outcome" or "token")."""
+
+    def __init__(self, kind: str, config_key: str) -> None:
+        super().__init__(kind, config_key)
+        self._levels: dict[str, str] = {}
+        self._needs_groups: set[str] = set()
+
+    def register(self, name: str, level: str = "outcome", needs_groups: bool = False) -> Callable[[F], F]:
+        """Decorator that registers an estimator under `name`, of level "outcome" (per sample)
+        or "token" (per token, with the critic's values). `needs_groups=True`: its signal comes
+        from comparing the samples of one prompt, so it needs `rollout.n >= 2` (checked)."""
+        if level not in LEVELS:
+            raise ValueError(f"advantage estimator {name!r}: level must be one of {LEVELS}, got {level!r}")
+        add = super().register(name)
+
+        def add_with_level(fn: F) -> F:
+            add(fn)
+            self._levels[name] = level
+            if needs_groups:
+                self._needs_groups.add(name)
+            return fn
+
+        return add_with_level
+
+    def level(self, name: str) -> str:
+        """The estimator's level, "outcome" or "token"; an unknown name fails listing what is registered."""
+        self.get(name)
+        return self._levels[name]
+
+    def uses_critic(self, name: str) -> bool:
+        """Token-level estimators take the critic's values: choosing one builds a critic."""
+        return self.level(name) == "token"
+
+    def needs_groups(self, name: str) -> bool:
+        """Whether the estimator needs groups of >= 2 samples per prompt (`rollout.n >= 2`)."""
+        self.get(name)
+        return name in self._needs_groups
+
+    def group_estimators(self) -> tuple[str, ...]:
+        """Names of the estimators registered with `needs_groups=True`."""
+        return tuple(sorted(self._needs_groups))
+
+
+ADVANTAGES = EstimatorRegistry("advantage estimator", "algorithm.advantage")
 
 EPS = 1e-6
 
@@ -27,7 +88,7 @@ def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Te
     return means[inverse], var.sqrt()[inverse], counts[inverse]
 
 
-@ADVANTAGES.register("grpo")
+@ADVANTAGES.register("grpo", needs_groups=True)
 def grpo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor:
     """GRPO: A_i = (r_i - mean(group)) / (std(group) + eps), unbiased std.
 
@@ -37,7 +98,7 @@ def grpo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -
     return ((rewards.double() - mean) / (std + EPS)).float()
 
 
-@ADVANTAGES.register("drgrpo")
+@ADVANTAGES.register("drgrpo", needs_groups=True)
 def drgrpo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor:
     """Dr.GRPO: A_i = r_i - mean(group), no division by the group std (which up-weights
     groups that are nearly all right or all wrong). Pair it with `seq-mean-token-sum-norm`."""
@@ -45,7 +106,7 @@ def drgrpo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig)
     return (rewards.double() - mean).float()
 
 
-@ADVANTAGES.register("rloo")
+@ADVANTAGES.register("rloo", needs_groups=True)
 def rloo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor:
     """RLOO: A_i = r_i - mean_{j != i} r_j over the other samples of the group
     (= n/(n-1) * (r_i - mean(group))); 0 for groups of size 1."""
@@ -69,7 +130,7 @@ def reinforce_pp(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmC
     return _whiten(rewards.double()).float()
 
 
-@ADVANTAGES.register("reinforce_pp_baseline")
+@ADVANTAGES.register("reinforce_pp_baseline", needs_groups=True)
 def reinforce_pp_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor:
     """REINFORCE++ with baseline: subtract the group mean first, then whiten over the batch,
     A_i = whiten_batch(r_i - mean(group))."""
@@ -77,7 +138,7 @@ def reinforce_pp_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: A
     return _whiten(rewards.double() - mean).float()
 
 
-@ADVANTAGES.register("gae")
+@ADVANTAGES.register("gae", level="token")
 def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
         cfg: AlgorithmConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE (PPO with a critic), per token on [B, T] tensors whose mask is 1 on a prefix (the
@@ -86,7 +147,7 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
         delta_t = r_t + gamma * V_{t+1} - V_t,   A_t = delta_t + gamma * lambda * A_{t+1},
 
     with V and A past the last trained token taken as 0. Returns (advantages, returns = A + V).
-    Unlike the outcome estimators its signature is token-level; `needs_critic` marks it.
+    The only built-in token-level estimator (registered with level="token").
     """
     gamma, lam = cfg.gamma, cfg.lam
     rewards, values, mask = token_rewards.double(), values.double(), mask.double()
@@ -99,6 +160,3 @@ def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
         next_value = values[:, t] * mask[:, t]
         next_adv = adv[:, t]
     return adv.float(), (adv + values * mask).float()
-
-
-gae.needs_critic = True  # type: ignore[attr-defined]

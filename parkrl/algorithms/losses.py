@@ -3,26 +3,66 @@
 A policy loss is `fn(logprobs, old_logprobs, advantages, mask, cfg) -> PolicyLossOutput` on
 [B, T] tensors (advantages already broadcast to tokens). An aggregation is
 `fn(values [B, T], mask [B, T], norm: LossNorm) -> scalar`.
+
+The learner does not compute samples whose advantage is 0 on every token (with no KL or
+entropy term and no critic): a loss that is a multiple of the advantage has no gradient there.
+A loss that does (a regulariser of its own) registers with `needs_zero_advantage_rows=True`,
+and then every sample is computed.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from parkrl.algorithms.registry import Registry
 from parkrl.config import AlgorithmConfig
 
-POLICY_LOSSES = Registry("policy loss", "algorithm.policy_loss")
+F = TypeVar("F", bound=Callable)
+
+
+class PolicyLossRegistry(Registry):
+    """A Registry of policy losses; each declares whether it can have a gradient on samples
+    whose advantage is 0 (the learner computes those only for such a loss)."""
+
+    def __init__(self, kind: str, config_key: str) -> None:
+        super().__init__(kind, config_key)
+        self._zero_advantage: set[str] = set()
+
+    def register(self, name: str, needs_zero_advantage_rows: bool = False) -> Callable[[F], F]:
+        """Decorator that registers a loss under `name`. `needs_zero_advantage_rows=True`: the
+        loss can have a gradient where the advantage is 0, so the learner must not skip such
+        samples (by default it does: `learner/skipped_samples`)."""
+        add = super().register(name)
+
+        def add_with_flag(fn: F) -> F:
+            add(fn)
+            if needs_zero_advantage_rows:
+                self._zero_advantage.add(name)
+            return fn
+
+        return add_with_flag
+
+    def needs_zero_advantage_rows(self, name: str) -> bool:
+        self.get(name)
+        return name in self._zero_advantage
+
+
+POLICY_LOSSES = PolicyLossRegistry("policy loss", "algorithm.policy_loss")
 LOSS_AGGREGATIONS = Registry("loss aggregation", "algorithm.loss_agg")
 
 
 @dataclass
 class PolicyLossOutput:
-    loss: torch.Tensor  # per token, [B, T]
-    clipped: torch.Tensor  # per token, 1.0 where a clipped branch was taken
-    ratio: torch.Tensor  # per token importance ratio used by the loss
+    """What a policy loss returns (`from parkrl.algorithms import PolicyLossOutput`); three
+    [B, T] tensors, read only where the mask is 1."""
+
+    loss: torch.Tensor  # per token, [B, T]; aggregated by algorithm.loss_agg, with gradient (reported as loss/policy)
+    clipped: torch.Tensor  # per token, 1.0 where a clipped branch was taken, else 0.0 (loss/clip_frac); no gradient needed
+    ratio: torch.Tensor  # per token importance ratio pi / pi_old the loss used (policy/ratio_dev = mean |ratio - 1|)
 
 
 @dataclass(frozen=True)
@@ -108,3 +148,10 @@ def truncated_is_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Ten
     capped = (log_ratio > math.log(cap)) & mask.bool()
     weights = torch.where(mask.bool(), torch.exp(log_ratio.clamp(max=math.log(cap))), torch.ones_like(log_ratio))
     return weights, capped.float()
+
+
+def logprob_diff_sum(logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of |logprob - rollout logprob| over the tokens where `mask` is set: `rollout/logprob_diff`
+    (the engines' logprobs against the learner's, same weights unless one step off) is this over
+    the trained tokens divided by their count. Sums in the inputs' dtype."""
+    return torch.where(mask.bool(), (logprobs - rollout_logprobs).abs(), 0.0).sum()

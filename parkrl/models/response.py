@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -97,12 +98,11 @@ class _ResponseRows:
         lengths = torch.tensor(self.lengths, device=self.targets.device)
         return torch.arange(self.targets.shape[1], device=self.targets.device) < lengths.unsqueeze(1)
 
-    def pad_rows(self, rows: list[list[float]]) -> torch.Tensor:
-        """Per-response-token values (ragged lists) as a [B, R] float tensor, 0 on padding."""
-        out = torch.zeros(self.targets.shape, dtype=torch.float32)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = torch.as_tensor(r, dtype=torch.float32)
-        return out.to(self.targets.device)
+    def rows_of(self, values: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Rows `rows` of a per-token [N, T] tensor in a batch's padded layout (0 on padding, T at
+        least this micro-batch's longest response) as this micro-batch's [B, R] float32, on its device."""
+        picked = values[torch.as_tensor(rows, dtype=torch.long), : self.targets.shape[1]]
+        return picked.float().contiguous().to(self.targets.device)
 
     def unpad(self, values: torch.Tensor) -> list[list[float]]:
         """A [B, R] tensor back to ragged per-sample lists."""
@@ -137,61 +137,75 @@ class SharedPromptBatch(_ResponseRows):
     lengths: list[int]
 
 
-def share_prompts(prompts: list[list[int]], responses: list[list[int]], loss_mask: list[list[int]],
+def _response_rows(responses: torch.Tensor, lengths: list[int], loss_mask: torch.Tensor
+                   ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R, valid [B, R], targets [B, R], mask [B, R]) of right-padded responses, R the longest
+    (at least 1); targets and mask 0 on padding whatever the inputs hold there."""
+    rmax = max([1, *lengths])
+    width = responses.shape[1]
+    if width < rmax:  # the inputs are at least as wide as the longest response: pad to R
+        responses, loss_mask = F.pad(responses, (0, rmax - width)), F.pad(loss_mask, (0, rmax - width))
+    valid = torch.arange(rmax) < torch.tensor(lengths, dtype=torch.long).unsqueeze(1)
+    targets = torch.where(valid, responses[:, :rmax].long(), 0)
+    mask = torch.where(valid, loss_mask[:, :rmax].float(), 0.0)
+    return rmax, valid, targets, mask
+
+
+def share_prompts(prompts: list[list[int]], responses: torch.Tensor, lengths: list[int], loss_mask: torch.Tensor,
                   pad_id: int) -> SharedPromptBatch:
-    """Build a SharedPromptBatch: samples with equal prompts share one packed row."""
+    """Build a SharedPromptBatch: samples with equal prompts share one packed row. `responses`
+    and `loss_mask` are [B, T] right-padded (T >= the longest of `lengths`), as in a
+    TrajectoryBatch."""
     if min(len(p) for p in prompts) < 1:
         raise ValueError("every prompt needs at least one token")
+    lengths = [int(n) for n in lengths]
+    rmax, _, targets, mask = _response_rows(responses, lengths, loss_mask)
     rows: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompts):
         rows.setdefault(tuple(p[:-1]), []).append(i)
     packed, positions, segments = [], [], []
-    b, rmax = len(prompts), max(1, max(len(r) for r in responses))
+    b = len(prompts)
     gather_rows = torch.zeros(b, dtype=torch.long)
     gather_cols = torch.zeros((b, rmax), dtype=torch.long)
     for g, (prefix, members) in enumerate(rows.items()):
-        ids, pos, seg = list(prefix), list(range(len(prefix))), [0] * len(prefix)
+        ids, pos = [torch.tensor(prefix, dtype=torch.long)], [torch.arange(len(prefix))]
+        seg = [torch.zeros(len(prefix), dtype=torch.long)]
+        end = len(prefix)
         for j, i in enumerate(members, start=1):
-            suffix = [prompts[i][-1]] + responses[i][:-1] if responses[i] else []
             gather_rows[i] = g
-            gather_cols[i, : len(suffix)] = torch.arange(len(ids), len(ids) + len(suffix))
-            ids += suffix
-            pos += range(len(prefix), len(prefix) + len(suffix))
-            seg += [j] * len(suffix)
-        packed.append(ids), positions.append(pos), segments.append(seg)
+            n = lengths[i]
+            if n:  # suffix: the last prompt token, then the response less its last token
+                ids.append(torch.cat([torch.tensor(prompts[i][-1:], dtype=torch.long), responses[i, : n - 1].long()]))
+                gather_cols[i, :n] = torch.arange(end, end + n)
+                pos.append(torch.arange(len(prefix), len(prefix) + n))
+                seg.append(torch.full((n,), j, dtype=torch.long))
+                end += n
+        packed.append(torch.cat(ids)), positions.append(torch.cat(pos)), segments.append(torch.cat(seg))
     width = max(len(ids) for ids in packed)
     input_ids = torch.full((len(packed), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(packed), width), dtype=torch.long)
     seg_t = torch.full((len(packed), width), -1, dtype=torch.long)
     for g, (ids, pos, seg) in enumerate(zip(packed, positions, segments)):
-        input_ids[g, : len(ids)], position_ids[g, : len(pos)], seg_t[g, : len(seg)] = (
-            torch.tensor(ids, dtype=torch.long), torch.tensor(pos, dtype=torch.long), torch.tensor(seg, dtype=torch.long))
-    targets = torch.zeros((b, rmax), dtype=torch.long)
-    mask = torch.zeros((b, rmax), dtype=torch.float32)
-    for i, (r, m) in enumerate(zip(responses, loss_mask)):
-        if r:
-            targets[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = torch.tensor(m, dtype=torch.float32)
-    return SharedPromptBatch(input_ids, position_ids, seg_t, gather_rows, gather_cols, targets, mask,
-                             [len(r) for r in responses])
-def pad_samples(prompts: list[list[int]], responses: list[list[int]], loss_mask: list[list[int]],
+        input_ids[g, : len(ids)], position_ids[g, : len(pos)], seg_t[g, : len(seg)] = ids, pos, seg
+    return SharedPromptBatch(input_ids, position_ids, seg_t, gather_rows, gather_cols, targets, mask, lengths)
+
+
+def pad_samples(prompts: list[list[int]], responses: torch.Tensor, lengths: list[int], loss_mask: torch.Tensor,
                 pad_id: int) -> PaddedBatch:
     """Build a PaddedBatch; response token r of a sample with prompt length P sits at position
-    P + r and is predicted by the output at position P + r - 1."""
-    seqs = [p + r for p, r in zip(prompts, responses)]
-    width = max(len(s) for s in seqs)
-    rmax = max(1, max(len(r) for r in responses))
-    b = len(seqs)
+    P + r and is predicted by the output at position P + r - 1. `responses` and `loss_mask` are
+    [B, T] right-padded (T >= the longest of `lengths`), as in a TrajectoryBatch."""
+    lengths = [int(n) for n in lengths]
+    rmax, valid, targets, mask = _response_rows(responses, lengths, loss_mask)
+    b = len(prompts)
+    plen = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    width = int((plen + torch.tensor(lengths, dtype=torch.long)).max())
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((b, width), dtype=torch.long)
-    positions = torch.zeros((b, rmax), dtype=torch.long)
-    targets = torch.zeros((b, rmax), dtype=torch.long)
-    mask = torch.zeros((b, rmax), dtype=torch.float32)
-    for i, (p, r, m) in enumerate(zip(prompts, responses, loss_mask)):
-        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        attention_mask[i, : len(p) + len(r)] = 1
-        if r:
-            positions[i, : len(r)] = torch.arange(len(p) - 1, len(p) + len(r) - 1)
-            targets[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = torch.tensor(m, dtype=torch.float32)
-    return PaddedBatch(input_ids, attention_mask, positions, targets, mask, [len(r) for r in responses])
+    for i, p in enumerate(prompts):
+        input_ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+    at = plen.unsqueeze(1) + torch.arange(rmax)  # [B, R] position of response token r
+    rows, cols = valid.nonzero(as_tuple=True)
+    input_ids[rows, at[rows, cols]] = targets[rows, cols]
+    attention_mask = (torch.arange(width) < (plen + torch.tensor(lengths, dtype=torch.long)).unsqueeze(1)).long()
+    positions = torch.where(valid, at - 1, 0)
+    return PaddedBatch(input_ids, attention_mask, positions, targets, mask, lengths)

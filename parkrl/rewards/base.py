@@ -8,16 +8,17 @@ class RewardFunction:
     """Scores a batch of completions; subclass it and name the class in `reward.cls`.
 
     Override `__call__`. It gets the completions' text, the prompts' chat messages and the
-    task samples (each a dict with at least "question" and "answer", plus task metadata), all
-    of the same length, and returns one float per completion. `reward.args` from the config
-    are passed to `__init__` as keyword arguments.
+    task samples (each a dict with at least "question" and "answer", plus task metadata, and
+    for this completion "response_ids", its token ids as sampled, and "num_response_tokens",
+    their count), all of the same length, and returns one float per completion. `reward.args`
+    from the config are passed to `__init__` as keyword arguments.
 
         class LengthPenalty(parkrl.RewardFunction):
-            def __init__(self, max_chars: int = 200):
-                self.max_chars = max_chars
+            def __init__(self, max_tokens: int = 200):
+                self.max_tokens = max_tokens
 
             def __call__(self, completions, messages, samples):
-                return [1.0 - min(len(c), self.max_chars) / self.max_chars for c in completions]
+                return [1.0 - min(s["num_response_tokens"], self.max_tokens) / self.max_tokens for s in samples]
     """
 
     def __call__(self, completions: list[str], messages: list[list[dict[str, str]]],

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 import torch
 import torch.distributed as dist
 
-from parkrl.sync.group import broadcast_async, wait
+from parkrl.sync.process_group import broadcast_async, wait
 
 # By default every tensor travels alone, straight from the learner's state dict (no packing
 # copy). Measured on a 2-core host, receiving SmolLM2-135M into vLLM took 0.83 s that way, 1.0-1.2 s

@@ -16,8 +16,8 @@ import logging
 
 from parkrl.sync.buckets import TensorMeta, receive_tensors
 from parkrl.sync.cpu_load import CPUWeightLoader
-from parkrl.sync.group import init_sync_group
 from parkrl.sync.ipc import open_shared
+from parkrl.sync.process_group import init_sync_group
 
 
 class _NoRotaryReloadWarning(logging.Filter):

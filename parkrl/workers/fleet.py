@@ -10,13 +10,16 @@ from __future__ import annotations
 import threading
 from typing import Callable, TypeVar
 
+import torch
+
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
-from parkrl.rollout import Completion, SamplingSpec
+from parkrl.engines import Completion, SamplingSpec
+from parkrl.workers.engine import EngineWorker
+from parkrl.workers.fsdp_learner import FSDPLearner
 from parkrl.workers.group import WorkerDied, WorkerError, WorkerGroup, WorkerTimeout, wait_all
-from parkrl.workers.learner import learner_class
+from parkrl.workers.learner import Learner
 from parkrl.workers.reward_model import RewardModelWorker
-from parkrl.workers.rollout import RolloutWorker
 
 T = TypeVar("T")
 
@@ -33,13 +36,13 @@ class Fleet:
         # the background beside the update) must not interleave across ranks.
         self._learner_lock = threading.RLock()
         self._closed = False
-        self.learner = self.rollout = None
+        self.learner = self.engines = None
         self.reward_models: list[WorkerGroup] = []
         try:
             self.learner = WorkerGroup("learner", learner_class(cfg.learner.backend), res.learner, t.runtime, t.worker_timeout_s,
                                        lambda rank: (cfg, model_path, rank, n_learners),
                                        bundle_extra=res.rollout if res.colocate else None)
-            self.rollout = WorkerGroup("rollout", RolloutWorker, res.rollout, t.runtime, t.worker_timeout_s,
+            self.engines = WorkerGroup("rollout", EngineWorker, res.rollout, t.runtime, t.worker_timeout_s,
                                        lambda rank: (cfg, model_path, rank),
                                        colocate_with=self.learner if res.colocate else None)
             self.reward_models = [
@@ -48,11 +51,15 @@ class Fleet:
                 for k, spec in enumerate(cfg.reward.models)
             ]
             if res.colocate:  # the engines take their GPU memory first, then free it for the learner
-                self.rollout.call("peak_rss_gib")  # waits for every engine to be up
-                self.rollout.call("sleep")
+                self.engines.call("peak_rss_gib")  # waits for every engine to be up
+                self.engines.call("sleep")
             host, port = self.learner.call("free_address", ranks=[0])[0]
             self.learner.call("setup", host, port)
-            self._metas = self.learner.call("weight_metas", ranks=[0])[0]
+            dtypes = sorted(set(self.engines.call("weight_dtype")))  # each engine resolved rollout.dtype on its node
+            if len(dtypes) > 1:
+                raise RuntimeError(f"rollout.dtype={cfg.rollout.dtype!r} resolved to {' and '.join(dtypes)} on different "
+                                   f"engines' nodes; set rollout.dtype=float32 or rollout.dtype=bfloat16")
+            self._metas = self.learner.call("weight_metas", dtypes[0], ranks=[0])[0]
             if res.colocate:  # colocated pairs hand weights over by CUDA IPC instead of a sync group
                 self._share_weights()
             else:
@@ -66,11 +73,11 @@ class Fleet:
         t = self.cfg.trainer
         backend = "nccl" if self.cfg.resources.learner.gpus_per_worker > 0 else "gloo"
         host, port = self.learner.call("free_address", ranks=[0])[0]
-        world = 1 + len(self.rollout)
+        world = 1 + len(self.engines)
         wait_all([
             self.learner.submit("join_sync_group", host, port, world, backend, ranks=[0]),
-            self.rollout.submit_each("join_sync_group",
-                                     [(host, port, 1 + i, world, backend, t.sync_timeout_s) for i in range(len(self.rollout))]),
+            self.engines.submit_each("join_sync_group",
+                                     [(host, port, 1 + i, world, backend, t.sync_timeout_s) for i in range(len(self.engines))]),
         ], t.worker_timeout_s)
 
     # ---- phases -------------------------------------------------------------------------------
@@ -83,9 +90,9 @@ class Fleet:
         return self._recovering(lambda: self._generate(prompts, spec))
 
     def _generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
-        parts = _split(len(prompts), len(self.rollout))
+        parts = _split(len(prompts), len(self.engines))
         args = [(prompts[a:b], _offset(spec, a)) for a, b in parts.values()]
-        results = self.rollout._wait(self.rollout.submit_each("generate", args, list(parts)))
+        results = self.engines.wait(self.engines.submit_each("generate", args, list(parts)))
         return [group for chunk in results for group in chunk]
 
     def episodes(self, samples: list[dict], spec: SamplingSpec) -> list:
@@ -93,9 +100,9 @@ class Fleet:
         return self._recovering(lambda: self._episodes(samples, spec))
 
     def _episodes(self, samples: list[dict], spec: SamplingSpec) -> list:
-        parts = _split(len(samples), len(self.rollout))
+        parts = _split(len(samples), len(self.engines))
         args = [(samples[a:b], spec, a) for a, b in parts.values()]
-        results = self.rollout._wait(self.rollout.submit_each("run_episodes", args, list(parts)))
+        results = self.engines.wait(self.engines.submit_each("run_episodes", args, list(parts)))
         return [ep for chunk in results for ep in chunk]
 
     def _recovering(self, call: Callable[[], T]) -> T:
@@ -116,7 +123,7 @@ class Fleet:
                     dead = []
                 return call()
             except (WorkerError, WorkerTimeout) as e:
-                dead = self.rollout.dead_ranks()
+                dead = self.engines.dead_ranks()
                 if isinstance(e, WorkerDied) and e.role == "rollout" and e.rank not in dead:
                     dead.append(e.rank)
                 limit = self.cfg.trainer.max_worker_restarts
@@ -130,7 +137,7 @@ class Fleet:
 
     def _restart_engines(self, ranks: list[int]) -> None:
         for rank in ranks:
-            self.rollout.restart(rank)
+            self.engines.restart(rank)
             self.restarts += 1
         if self.cfg.resources.colocate:
             self._share_weights()
@@ -138,15 +145,16 @@ class Fleet:
             self._join_sync_group()  # survivors still inside a broadcast join once it times out
             self._sync_weights()
 
-    def per_token(self, batch: TrajectoryBatch, model: str) -> list[list[float]]:
-        """Per-token values of every sample: logprobs under "policy" or "reference", or "critic" values."""
+    def per_token(self, batch: TrajectoryBatch, model: str) -> torch.Tensor:
+        """Per-token values of every sample as an [N, T] float32 tensor in the batch's layout (0 on
+        padding): logprobs under "policy" or "reference", or "critic" values. Each rank's rows,
+        as wide as its longest response, go back to their places in the batch."""
         shards = batch.shard_indices(len(self.learner))
         with self._learner_lock:
             parts = self.learner.call_each("per_token", [(batch.select(s), model) for s in shards])
-        out: list[list[float]] = [[] for _ in range(len(batch))]
+        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
         for rows, values in zip(shards, parts):
-            for i, v in zip(rows, values):
-                out[i] = v
+            out[torch.as_tensor(rows, dtype=torch.long), : values.shape[1]] = values
         return out
 
     def update(self, batch: TrajectoryBatch) -> dict[str, float]:
@@ -164,29 +172,29 @@ class Fleet:
         """Colocated mode: the engines free their GPU memory for the learner (sleep) until the
         next sync wakes them. A no-op otherwise."""
         if self.cfg.resources.colocate:
-            self.rollout.call("sleep")
+            self.engines.call("sleep")
 
     def _share_weights(self) -> None:
         with self._learner_lock:
-            self.rollout.call("wake_up", ["weights"])
+            self.engines.call("wake_up", ["weights"])
             handles = self.learner.call("share_weights", self._metas)  # learner rank i and engine i share a GPU
             try:
-                self.rollout.call_each("receive_shared_weights", [(h,) for h in handles])
+                self.engines.call_each("receive_shared_weights", [(h,) for h in handles])
             finally:
                 self.learner.call("release_shared_weights")
-            self.rollout.call("wake_up", ["kv_cache"])
+            self.engines.call("wake_up", ["kv_cache"])
 
     def _sync_weights(self) -> None:
         with self._learner_lock:
             wait_all([
                 self.learner.submit("push_weights", self._metas),
-                self.rollout.submit("receive_weights", self._metas),
+                self.engines.submit("receive_weights", self._metas),
             ], self.cfg.trainer.worker_timeout_s)
 
     def peak_memory(self) -> dict[str, float]:
         """Peak RSS of the largest worker of each role, in GiB."""
         return {f"memory/{g.role}_peak_gib": max(self._recovering(lambda g=g: g.call("peak_rss_gib")))
-                for g in (self.learner, self.rollout)}
+                for g in (self.learner, self.engines)}
 
     def save_checkpoint(self, path: str) -> None:
         """Every learner rank writes its shards of the training state under `path`."""
@@ -207,8 +215,8 @@ class Fleet:
         total = [0.0] * len(prompts)
         for group, spec in zip(self.reward_models, self.cfg.reward.models):
             parts = _split(len(prompts), len(group))
-            scores = group._wait(group.submit_each("score", [(prompts[a:b], completions[a:b]) for a, b in parts.values()],
-                                                   list(parts)))
+            scores = group.wait(group.submit_each("score", [(prompts[a:b], completions[a:b]) for a, b in parts.values()],
+                                                  list(parts)))
             for i, v in enumerate(x for part in scores for x in part):
                 total[i] += spec.weight * v
         return total
@@ -216,12 +224,21 @@ class Fleet:
     def shutdown(self) -> None:
         """Shut every engine down first (frees its shared memory), then the learner ranks."""
         self._closed = True  # a phase still running in another thread fails instead of restarting engines
-        for group in (self.rollout, self.learner, *self.reward_models):
+        for group in (self.engines, self.learner, *self.reward_models):
             if group is not None:
                 try:
                     group.shutdown()
                 except Exception as e:  # keep shutting the others down
                     print(f"[parkrl] shutting down {group.role}: {e}", flush=True)
+
+
+def learner_class(backend: str) -> type[Learner]:
+    """The learner rank class for `learner.backend` (fsdp2 | deepspeed); DeepSpeed is imported
+    only when chosen (it is an optional extra)."""
+    if backend == "deepspeed":
+        from parkrl.workers.deepspeed_learner import DeepSpeedLearner
+        return DeepSpeedLearner
+    return FSDPLearner
 
 
 def _split(n: int, workers: int) -> dict[int, tuple[int, int]]:

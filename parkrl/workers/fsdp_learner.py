@@ -7,11 +7,14 @@ from collections.abc import Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict,
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from parkrl.models.loading import resolve_dtype
 from parkrl.models.lora import plain_names

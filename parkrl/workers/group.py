@@ -1,10 +1,11 @@
 """Worker groups: N instances of a worker class, as Ray actors or in this process.
 
 The controller calls a group as if it were local (`group.call("update", batch)`). With
-`trainer.runtime=ray` each worker is a Ray actor placed in the role's placement group; with
-`trainer.runtime=local` each is a plain object behind its own single thread, so calls run
-concurrently across workers and in order on one worker, exactly as with Ray actors, and
-`breakpoint()` works. Every wait has a timeout, and its error names the stuck worker.
+`trainer.runtime=ray` each worker is a Ray actor placed in the role's placement group
+(`RayRuntime`); with `trainer.runtime=local` each is a plain object behind its own single
+thread (`LocalRuntime`), so calls run concurrently across workers and in order on one worker,
+exactly as with Ray actors, and `breakpoint()` works. Every wait has a timeout, and its error
+names the stuck worker.
 """
 from __future__ import annotations
 
@@ -48,74 +49,18 @@ class WorkerGroup:
     def __init__(self, role: str, cls: type, resources: RoleResources, runtime: str,
                  timeout_s: float, init_args: Callable[[int], tuple], colocate_with: "WorkerGroup | None" = None,
                  bundle_extra: RoleResources | None = None) -> None:
-        """colocate_with: put worker i into that group's placement bundle i (same node, same
-        GPU); bundle_extra: resources this group's bundles reserve for such a guest group."""
-        self.role, self.runtime, self.timeout_s = role, runtime, timeout_s
-        n = resources.num_workers
-        self._cls, self._resources, self._init_args = cls, resources, init_args
-        self._bundle_extra, self._owns_pg = bundle_extra, colocate_with is None
-        if runtime == "ray" and colocate_with is not None:
-            self._pg = colocate_with._pg
-            self.workers = [self._start_actor(i) for i in range(n)]
-        elif runtime == "ray":
-            from ray.util.placement_group import placement_group
-
-            labels = dict(resources.node_labels)
-            self._pg = placement_group([self._bundle() for _ in range(n)], strategy="PACK", name=f"parkrl-{role}",
-                                       bundle_label_selector=[labels] * n if labels else None)
-            if not self._pg.wait(timeout_s):
-                from ray.util.placement_group import remove_placement_group
-
-                remove_placement_group(self._pg)
-                raise WorkerTimeout(
-                    f"could not place {n} {role} worker(s) of {self._bundle()} within {timeout_s:.0f} s: the "
-                    f"cluster lacks the resources (see resources.{role}.* and `ray status`)"
-                )
-            self.workers = [self._start_actor(i) for i in range(n)]
+        """runtime: "ray" or "local"; colocate_with: put worker i into that group's placement
+        bundle i (same node, same GPU); bundle_extra: resources this group's bundles reserve for
+        such a guest group. Both are Ray only."""
+        self.role, self.timeout_s = role, timeout_s
+        self.runtime: RayRuntime | LocalRuntime
+        if runtime == "ray":
+            self.runtime = RayRuntime(role, cls, resources, init_args, timeout_s,
+                                      host=None if colocate_with is None else colocate_with.runtime,
+                                      bundle_extra=bundle_extra)
         else:
-            self._threads = [cf.ThreadPoolExecutor(1, thread_name_prefix=f"{role}{i}") for i in range(n)]
-            made = [t.submit(cls, *init_args(i)) for i, t in enumerate(self._threads)]
-            self.workers = self._wait(Pending(self, "__init__", list(range(n)), made))
-
-    def _bundle(self) -> dict[str, float]:
-        bundle: dict[str, float] = {}
-        for res in (self._resources, self._bundle_extra):
-            if res is None:
-                continue
-            for key, amount in (("CPU", res.cpus_per_worker), ("GPU", res.gpus_per_worker), *res.custom_resources.items()):
-                if amount:
-                    bundle[key] = bundle.get(key, 0.0) + amount
-        return bundle
-
-    def node_ids(self) -> list[str]:
-        """The Ray node each worker was placed on (Ray only), in rank order."""
-        from ray.util.placement_group import placement_group_table
-
-        bundles = placement_group_table(self._pg)["bundles_to_node_id"]
-        return [bundles[i] for i in range(len(self.workers))]
-
-    def _start_actor(self, rank: int) -> Any:
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        return ray.remote(self._cls).options(
-            num_cpus=self._resources.cpus_per_worker,
-            num_gpus=self._resources.gpus_per_worker,
-            resources=dict(self._resources.custom_resources) or None,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=rank),
-        ).remote(*self._init_args(rank))
-
-    def restart(self, rank: int) -> None:
-        """Replace worker `rank` (dead or not) by a fresh one in the same placement slot (Ray only)."""
-        if self.runtime != "ray":
-            raise RuntimeError(f"{self.name(rank)}: workers can be restarted only with trainer.runtime=ray")
-        import ray
-
-        try:
-            ray.kill(self.workers[rank], no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-        self.workers[rank] = self._start_actor(rank)
+            self.runtime = LocalRuntime(role, cls, resources.num_workers, init_args)
+        self.workers: list[Any] = self.runtime.start_all(self)
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -132,33 +77,35 @@ class WorkerGroup:
     def submit_each(self, method: str, args: Sequence[tuple], ranks: Sequence[int] | None = None) -> Pending:
         """Start `method(*args[k])` on rank `ranks[k]` (default ranks: 0..len(args)-1)."""
         ranks = list(range(len(args))) if ranks is None else list(ranks)
-        if self.runtime == "ray":
-            handles = [getattr(self.workers[r], method).remote(*a) for r, a in zip(ranks, args)]
-        else:
-            handles = [self._threads[r].submit(getattr(self.workers[r], method), *a) for r, a in zip(ranks, args)]
+        handles = [self.runtime.submit(r, self.workers[r], method, a) for r, a in zip(ranks, args)]
         return Pending(self, method, ranks, handles)
+
+    def wait(self, pending: Pending) -> list[Any]:
+        """Results of calls submitted to this group, in the order of `pending.ranks`, waiting at
+        most the group's timeout (see `wait_all` for the errors; `wait_all` also spans groups)."""
+        return wait_all([pending], self.timeout_s)[0]
 
     def call(self, method: str, *args: Any, ranks: Sequence[int] | None = None) -> list[Any]:
         """Run `method(*args)` on `ranks` (default: all) and return their results in rank order."""
-        return self._wait(self.submit(method, *args, ranks=ranks))
+        return self.wait(self.submit(method, *args, ranks=ranks))
 
     def call_each(self, method: str, args: Sequence[tuple]) -> list[Any]:
         """Run `method(*args[r])` on each rank r and return the results in rank order."""
-        return self._wait(self.submit_each(method, args))
+        return self.wait(self.submit_each(method, args))
 
-    def _wait(self, pending: Pending) -> list[Any]:
-        return wait_all([pending], self.timeout_s)[0]
-
+    # ---- workers' lives -----------------------------------------------------------------------
     def dead_ranks(self, probe_s: float = 10.0) -> list[int]:
         """Ranks whose worker process is gone (Ray only): a trivial call to each fails as dead
         within `probe_s`. A busy worker does not answer in time and counts as alive."""
-        if self.runtime != "ray":
-            return []
-        import ray
+        return self.runtime.dead_ranks(self.workers, probe_s)
 
-        probes = [w.__ray_ready__.remote() for w in self.workers]
-        ray.wait(probes, num_returns=len(probes), timeout=probe_s)
-        return [r for r, ref in enumerate(probes) if _done(ref) and _is_death(_error(ref))]
+    def restart(self, rank: int) -> None:
+        """Replace worker `rank` (dead or not) by a fresh one in the same placement slot (Ray only)."""
+        self.workers[rank] = self.runtime.restart(rank, self.workers[rank])
+
+    def node_ids(self) -> list[str]:
+        """The Ray node each worker was placed on (Ray only), in rank order."""
+        return self.runtime.node_ids(len(self.workers))
 
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Ask each worker to shut down (engines free their memory), waiting at most
@@ -174,19 +121,152 @@ class WorkerGroup:
                 except (WorkerError, WorkerTimeout) as e:
                     problems.append(e)
         finally:
-            if self.runtime == "ray":
-                import ray
-                from ray.util.placement_group import remove_placement_group
-
-                for w in self.workers:
-                    ray.kill(w)
-                if self._owns_pg:
-                    remove_placement_group(self._pg)
-            else:
-                for t in self._threads:
-                    t.shutdown(wait=False, cancel_futures=True)
+            self.runtime.close(self.workers)
         if problems:
             raise problems[0]
+
+
+class RayRuntime:
+    """Each worker a Ray actor, worker i in bundle i of the role's placement group, or of the
+    `host` runtime's group when colocated (the host owns it and removes it)."""
+
+    def __init__(self, role: str, cls: type, resources: RoleResources, init_args: Callable[[int], tuple],
+                 timeout_s: float, host: "RayRuntime | None" = None, bundle_extra: RoleResources | None = None) -> None:
+        self._cls, self._resources, self._init_args, self._n = cls, resources, init_args, resources.num_workers
+        self.bundle = _bundle(resources, bundle_extra)  # what each bundle reserves, guests' share included
+        self.owns_placement_group = host is None
+        if host is not None:
+            self.placement_group = host.placement_group
+            return
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        n, labels = self._n, dict(resources.node_labels)
+        self.placement_group = placement_group([dict(self.bundle) for _ in range(n)], strategy="PACK",
+                                               name=f"parkrl-{role}",
+                                               bundle_label_selector=[labels] * n if labels else None)
+        deadline = time.monotonic() + timeout_s
+        while not self.placement_group.wait(min(1.0, max(deadline - time.monotonic(), 0.0))):  # Ctrl-C between
+            if time.monotonic() < deadline:
+                continue
+            remove_placement_group(self.placement_group)
+            raise WorkerTimeout(
+                f"could not place {n} {role} worker(s) of {self.bundle} within {timeout_s:.0f} s: the "
+                f"cluster lacks the resources (see resources.{role}.* and `ray status`)"
+            )
+
+    def start_all(self, group: WorkerGroup) -> list[Any]:
+        """One actor per rank; they start in the background (their first call waits for them)."""
+        return [self._start(rank) for rank in range(self._n)]
+
+    def _start(self, rank: int) -> Any:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return ray.remote(self._cls).options(
+            num_cpus=self._resources.cpus_per_worker,
+            num_gpus=self._resources.gpus_per_worker,
+            resources=dict(self._resources.custom_resources) or None,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
+                                                                 placement_group_bundle_index=rank),
+        ).remote(*self._init_args(rank))
+
+    def submit(self, rank: int, worker: Any, method: str, args: tuple) -> Any:
+        return getattr(worker, method).remote(*args)
+
+    def restart(self, rank: int, worker: Any) -> Any:
+        """Kill `worker` (if still alive) and start a fresh actor in its bundle."""
+        import ray
+
+        try:
+            ray.kill(worker, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        return self._start(rank)
+
+    def dead_ranks(self, workers: list[Any], probe_s: float) -> list[int]:
+        import ray
+
+        probes = [w.__ray_ready__.remote() for w in workers]
+        ray.wait(probes, num_returns=len(probes), timeout=probe_s)
+        return [r for r, ref in enumerate(probes) if self.done(ref) and _is_death(_error(self, ref))]
+
+    def node_ids(self, n: int) -> list[str]:
+        from ray.util.placement_group import placement_group_table
+
+        bundles = placement_group_table(self.placement_group)["bundles_to_node_id"]
+        return [bundles[i] for i in range(n)]
+
+    def close(self, workers: list[Any]) -> None:
+        """Kill every actor, then remove the placement group if it is this group's own."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for w in workers:
+            ray.kill(w)
+        if self.owns_placement_group:
+            remove_placement_group(self.placement_group)
+
+    # Handles are Ray object refs.
+    @staticmethod
+    def done(handle: Any) -> bool:
+        import ray
+
+        ready, _ = ray.wait([handle], timeout=0)
+        return bool(ready)
+
+    @staticmethod
+    def result(handle: Any) -> Any:
+        import ray
+
+        return ray.get(handle)
+
+    @staticmethod
+    def wait_any(handles: list[Any], timeout_s: float) -> None:
+        import ray
+
+        ray.wait(handles, num_returns=1, timeout=timeout_s)
+
+
+class LocalRuntime:
+    """Each worker a plain object in this process, behind its own single-thread executor."""
+
+    def __init__(self, role: str, cls: type, n: int, init_args: Callable[[int], tuple]) -> None:
+        self._role, self._cls, self._init_args = role, cls, init_args
+        self._threads = [cf.ThreadPoolExecutor(1, thread_name_prefix=f"{role}{i}") for i in range(n)]
+
+    def start_all(self, group: WorkerGroup) -> list[Any]:
+        """Build every worker on its own thread, all at once, within the group's timeout."""
+        made = [t.submit(self._cls, *self._init_args(i)) for i, t in enumerate(self._threads)]
+        return group.wait(Pending(group, "__init__", list(range(len(made))), made))
+
+    def submit(self, rank: int, worker: Any, method: str, args: tuple) -> cf.Future:
+        return self._threads[rank].submit(getattr(worker, method), *args)
+
+    def restart(self, rank: int, worker: Any) -> Any:
+        raise RuntimeError(f"{self._role}[{rank}]: workers can be restarted only with trainer.runtime=ray")
+
+    def dead_ranks(self, workers: list[Any], probe_s: float) -> list[int]:
+        return []  # they live in this process
+
+    def node_ids(self, n: int) -> list[str]:
+        raise RuntimeError(f"{self._role}: workers have Ray node ids only with trainer.runtime=ray")
+
+    def close(self, workers: list[Any]) -> None:
+        for t in self._threads:
+            t.shutdown(wait=False, cancel_futures=True)
+
+    # Handles are concurrent.futures.Future.
+    @staticmethod
+    def done(handle: cf.Future) -> bool:
+        return handle.done()
+
+    @staticmethod
+    def result(handle: cf.Future) -> Any:
+        return handle.result()
+
+    @staticmethod
+    def wait_any(handles: list[cf.Future], timeout_s: float) -> None:
+        cf.wait(handles, timeout=timeout_s, return_when=cf.FIRST_COMPLETED)
 
 
 def wait_all(pendings: Sequence[Pending], timeout_s: float) -> list[list[Any]]:
@@ -195,15 +275,21 @@ def wait_all(pendings: Sequence[Pending], timeout_s: float) -> list[list[Any]]:
     Raises WorkerTimeout naming each worker still busy, or WorkerError naming the first worker
     that raised. Waiting on all together lets collectives between groups (the weight sync) run.
     """
+    def done(p: Pending, k: int) -> bool:
+        return p.group.runtime.done(p.handles[k])
+
+    def error(p: Pending, k: int) -> BaseException | None:
+        return _error(p.group.runtime, p.handles[k])
+
     deadline = time.monotonic() + timeout_s
     slots = [(p, k) for p in pendings for k in range(len(p.handles))]
     while True:
-        busy = [p.handles[k] for p, k in slots if not _done(p.handles[k])]
-        failed = [(p, k) for p, k in slots if _done(p.handles[k]) and _error(p.handles[k]) is not None]
+        busy = [(p, k) for p, k in slots if not done(p, k)]
+        failed = [(p, k) for p, k in slots if done(p, k) and error(p, k) is not None]
         if failed:  # the worker that raised is the root cause; peers waiting on it would only time out
-            failed.sort(key=lambda pk: not _is_death(_error(pk[0].handles[pk[1]])))  # a death explains the rest
+            failed.sort(key=lambda pk: not _is_death(error(*pk)))  # a death explains the rest
             p, k = failed[0]
-            e = _error(p.handles[k])
+            e = error(p, k)
             name = f"{p.group.name(p.ranks[k])}.{p.method}"
             if _is_death(e):
                 raise WorkerDied(f"{name}: the worker died ({type(e).__name__}: {e})", p.group.role, p.ranks[k]) from e
@@ -211,40 +297,33 @@ def wait_all(pendings: Sequence[Pending], timeout_s: float) -> list[list[Any]]:
         left = deadline - time.monotonic()
         if not busy or left <= 0:
             break
-        _wait_any(busy, min(left, 1.0))
-    stuck = [f"{p.group.name(p.ranks[k])}.{p.method}" for p, k in slots if not _done(p.handles[k])]
+        kind = type(busy[0][0].group.runtime)  # one runtime per run; only its handles can be waited on together
+        kind.wait_any([p.handles[k] for p, k in busy if isinstance(p.group.runtime, kind)], min(left, 1.0))
+    stuck = [f"{p.group.name(p.ranks[k])}.{p.method}" for p, k in slots if not done(p, k)]
     if stuck:
         raise WorkerTimeout(
             f"{', '.join(stuck)} did not finish within {timeout_s:.0f} s (trainer.worker_timeout_s); "
             f"the worker may be hung or dead"
         )
-    return [[_result(h) for h in p.handles] for p in pendings]
+    return [[p.group.runtime.result(h) for h in p.handles] for p in pendings]
 
 
-def _wait_any(handles: list[Any], timeout_s: float) -> None:
-    """Return when one of `handles` finishes or after `timeout_s`."""
-    futures = [h for h in handles if isinstance(h, cf.Future)]
-    if futures:
-        cf.wait(futures, timeout=timeout_s, return_when=cf.FIRST_COMPLETED)
-    else:
-        import ray
-
-        ray.wait(handles, num_returns=1, timeout=timeout_s)
-
-
-def _done(handle: Any) -> bool:
-    if isinstance(handle, cf.Future):
-        return handle.done()
-    import ray
-
-    ready, _ = ray.wait([handle], timeout=0)
-    return bool(ready)
+def _bundle(resources: RoleResources, extra: RoleResources | None) -> dict[str, float]:
+    """One placement bundle: a worker's CPUs, GPUs and custom resources, plus `extra`'s."""
+    bundle: dict[str, float] = {}
+    for res in (resources, extra):
+        if res is None:
+            continue
+        for key, amount in (("CPU", res.cpus_per_worker), ("GPU", res.gpus_per_worker), *res.custom_resources.items()):
+            if amount:
+                bundle[key] = bundle.get(key, 0.0) + amount
+    return bundle
 
 
-def _error(handle: Any) -> BaseException | None:
+def _error(runtime: RayRuntime | LocalRuntime, handle: Any) -> BaseException | None:
     """The exception a finished call raised, or None."""
     try:
-        _result(handle)
+        runtime.result(handle)
     except Exception as e:  # noqa: BLE001 - returned to the caller to re-raise with a name
         return e
     return None
@@ -253,11 +332,3 @@ def _error(handle: Any) -> BaseException | None:
 def _is_death(error: BaseException | None) -> bool:
     """Whether a Ray call failed because its actor process is gone (not because it raised)."""
     return error is not None and any(c.__name__ == "RayActorError" for c in type(error).__mro__)
-
-
-def _result(handle: Any) -> Any:
-    if isinstance(handle, cf.Future):
-        return handle.result()
-    import ray
-
-    return ray.get(handle)

@@ -17,7 +17,7 @@ normaliser but are not computed (`learner/skipped_samples`).
 `Learner` holds everything that does not depend on how the weights are sharded: micro-batches,
 losses, metrics, the weight sync. A backend (`FSDPLearner` in parkrl.workers.fsdp_learner,
 `DeepSpeedLearner` in parkrl.workers.deepspeed_learner) wraps the models and owns backward,
-the optimizer step, full state dicts and checkpoints. `learner_class` picks one by
+the optimizer step, full state dicts and checkpoints. `parkrl.workers.fleet` picks one by
 `learner.backend`.
 """
 from __future__ import annotations
@@ -31,19 +31,31 @@ import torch
 import torch.distributed as dist
 
 from parkrl.algorithms import (
-    ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, LossNorm, truncated_is_weights,
+    ADVANTAGES,
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+    LossNorm,
+    logprob_diff_sum,
+    truncated_is_weights,
 )
 from parkrl.batch import TrajectoryBatch
 from parkrl.config import Config
 from parkrl.models.loading import load_causal_lm, load_tokenizer, resolve_dtype
-from parkrl.microbatch import plan_micro_batches, split_to_count
 from parkrl.models.lora import add_lora, merged_state, plain_name
 from parkrl.models.response import (
-    PaddedBatch, ResponseLogprobs, ResponseValues, SharedPromptBatch, pad_samples, share_prompts,
+    PaddedBatch,
+    ResponseLogprobs,
+    ResponseValues,
+    SharedPromptBatch,
+    pad_samples,
+    share_prompts,
 )
+from parkrl.plugins import import_plugins
 from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors, tied_names
-from parkrl.sync.group import free_port, init_sync_group, node_ip
-from parkrl.workers.process import import_plugins, peak_rss_gib, set_torch_threads
+from parkrl.sync.process_group import free_port, init_sync_group, node_ip
+from parkrl.workers.microbatch import plan_micro_batches, split_to_count
+from parkrl.workers.process import peak_rss_gib, set_torch_threads
 
 
 def check_sync_names(metas: list[TensorMeta], state: dict[str, torch.Tensor]) -> None:
@@ -94,7 +106,7 @@ class Learner:
         if a.kl_coef > 0:
             self.reference = self._wrap(self._load(ResponseLogprobs, trainable=False), None)[0]
         self.critic = self.critic_optimizer = None
-        if getattr(ADVANTAGES.get(a.advantage), "needs_critic", False):
+        if ADVANTAGES.uses_critic(a.advantage):
             self.critic, self.critic_optimizer = self._wrap(self._load(ResponseValues), lc.critic_lr)
 
     def _load(self, head: type, trainable: bool = True) -> torch.nn.Module:
@@ -148,20 +160,21 @@ class Learner:
 
     # ---- logprobs and update ------------------------------------------------------------------
     def _micro_batches(self, batch: TrajectoryBatch) -> list[tuple[list[int], PaddedBatch | SharedPromptBatch]]:
-        """Collective: micro-batches of similar-length samples (parkrl.microbatch), with their
+        """Collective: micro-batches of similar-length samples (parkrl.workers.microbatch), with their
         row indices; the same number on every rank. With `learner.share_prompts` a group's
         samples go together and its prompt runs once per micro-batch (parkrl.models.response)."""
         lc = self.cfg.learner
-        prompts, responses = batch.prompt_ids, batch.response_ids
-        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-        keys = [(len(p), p, len(r)) for p, r in zip(prompts, responses)] if lc.share_prompts else None
+        prompts, rlens = batch.prompt_ids, batch.response_lengths.tolist()
+        lengths = [len(p) + r for p, r in zip(prompts, rlens)]
+        keys = [(len(p), p, r) for p, r in zip(prompts, rlens)] if lc.share_prompts else None
         plans = plan_micro_batches(lengths, lc.micro_batch_size, lc.max_tokens_per_micro_batch, keys)
         count = torch.tensor([len(plans)])
         dist.all_reduce(count, op=dist.ReduceOp.MAX)  # every rank runs as many passes (collectives)
         out = []
         for rows in split_to_count(plans, int(count)):
-            args = ([prompts[i] for i in rows], [responses[i] for i in rows], [batch.loss_mask[i] for i in rows],
-                    self.pad_id)
+            index = torch.as_tensor(rows, dtype=torch.long)
+            args = ([prompts[i] for i in rows], batch.response_ids[index], [rlens[i] for i in rows],
+                    batch.loss_mask[index], self.pad_id)
             mb = pad_samples(*args)
             if lc.share_prompts:
                 packed = share_prompts(*args)
@@ -173,16 +186,17 @@ class Learner:
         return out
 
     @torch.no_grad()
-    def per_token(self, batch: TrajectoryBatch, model: str = "policy") -> list[list[float]]:
-        """Per-response-token values of this rank's samples: logprobs under "policy" or
-        "reference", or the critic's state values ("critic")."""
+    def per_token(self, batch: TrajectoryBatch, model: str = "policy") -> torch.Tensor:
+        """Per-response-token values of this rank's samples as an [n, T] float32 tensor in the
+        batch's layout (0 on padding): logprobs under "policy" or "reference", or the critic's
+        state values ("critic")."""
         net = {"policy": self.policy, "reference": self.reference, "critic": self.critic}[model]
-        result: list[list[float]] = [[] for _ in range(len(batch))]
+        result = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
         for rows, mb in self._micro_batches(batch):
             out = net(mb)
-            values = out if model == "critic" else out[0]
-            for i, v in zip(rows, mb.unpad(values.float().cpu())):
-                result[i] = v
+            values = (out if model == "critic" else out[0]).float().cpu()
+            valid = mb.valid.cpu()
+            result[torch.as_tensor(rows, dtype=torch.long), : values.shape[1]] = torch.where(valid, values, 0.0)
         return result
 
     def update(self, batch: TrajectoryBatch) -> dict[str, float]:
@@ -227,17 +241,20 @@ class Learner:
         With no KL or entropy term in the loss and no critic, a sample whose advantage is 0 on
         every trained token (a GRPO/RLOO group whose samples all scored the same) adds exactly 0
         to the gradient, so leaving it out changes nothing but the time; the normaliser still
-        counts it. Every rank keeps as many rows as the rank with the most (topping up with
+        counts it. A policy loss registered with `needs_zero_advantage_rows=True` computes every
+        sample. Every rank keeps as many rows as the rank with the most (topping up with
         zero-gradient rows), so all run the same passes; at least one row runs."""
         a = self.cfg.algorithm
         everything = list(range(len(mini)))
-        if self.critic is not None or a.entropy_coef > 0 or (a.kl_coef > 0 and a.kl_in == "loss"):
+        if (self.critic is not None or a.entropy_coef > 0 or (a.kl_coef > 0 and a.kl_in == "loss")
+                or POLICY_LOSSES.needs_zero_advantage_rows(a.policy_loss)):
             return everything
-        adv = mini["advantages"]
-        if isinstance(adv, torch.Tensor):
-            live = [i for i in everything if adv[i] != 0 and any(mini.loss_mask[i])]
+        adv, trained = mini["advantages"], mini.loss_mask != 0
+        if adv.dim() == 1:  # one per sample
+            live_rows = (adv != 0) & trained.any(1)
         else:  # one per token
-            live = [i for i in everything if any(v != 0 for v, m in zip(adv[i], mini.loss_mask[i]) if m)]
+            live_rows = ((adv != 0) & trained).any(1)
+        live = live_rows.nonzero().flatten().tolist()
         most = torch.tensor([max(len(live), 1)])
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
         flat = sorted(set(everything) - set(live))
@@ -247,8 +264,8 @@ class Learner:
 
     def _loss_norm(self, mini: TrajectoryBatch) -> LossNorm:
         """Token and sample counts of the whole mini-batch, summed over all ranks."""
-        trained = [sum(m) for m in mini.loss_mask]  # samples with no trained token do not count
-        sizes = torch.tensor([float(sum(trained)), float(sum(t > 0 for t in trained))], dtype=torch.float64)
+        trained = mini.loss_mask.count_nonzero(1)  # samples with no trained token do not count
+        sizes = torch.tensor([float(trained.sum()), float((trained > 0).sum())], dtype=torch.float64)
         dist.all_reduce(sizes)
         return LossNorm(tokens=sizes[0].item(), sequences=sizes[1].item(), max_new_tokens=self.cfg.rollout.max_new_tokens)
 
@@ -260,19 +277,19 @@ class Learner:
         m = mb.mask
 
         def padded(field: str) -> torch.Tensor:  # padding gets the current value: ratio 1, KL 0
-            return torch.where(m.bool(), mb.pad_rows([mini[field][i] for i in rows]), logprobs.detach())
+            return torch.where(m.bool(), mb.rows_of(mini[field], rows), logprobs.detach())
 
-        rollout = mb.pad_rows([mini.rollout_logprobs[i] for i in rows])
+        rollout = mb.rows_of(mini.rollout_logprobs, rows)
         if "old_logprobs" in mini:
             old = padded("old_logprobs")
         else:  # the policy before this update: the one that generated the batch (unless one step off)
             old = logprobs.detach()
-            stats["logprob_diff"] += ((old - rollout).abs() * m).sum().item()
+            stats["logprob_diff"] += logprob_diff_sum(old, rollout, m).item()
         advantages = mini["advantages"]
-        if isinstance(advantages, torch.Tensor):  # one per sample, broadcast over its tokens
+        if advantages.dim() == 1:  # one per sample, broadcast over its tokens
             adv = advantages[torch.as_tensor(rows)].to(self.device).unsqueeze(-1).expand_as(logprobs)
         else:  # one per token (GAE)
-            adv = mb.pad_rows([advantages[i] for i in rows])
+            adv = mb.rows_of(advantages, rows)
         out = POLICY_LOSSES.get(a.policy_loss)(logprobs, old, adv, m, a)
         token_loss = out.loss
         if self.cfg.rollout.one_step_off and a.rollout_is_cap > 0:  # generated by the policy one update back
@@ -300,8 +317,8 @@ class Learner:
         """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- value_clip) - R)^2)."""
         a = self.cfg.algorithm
         values = self.critic(mb)
-        old = mb.pad_rows([mini["values"][i] for i in rows])
-        returns = mb.pad_rows([mini["returns"][i] for i in rows])
+        old = mb.rows_of(mini["values"], rows)
+        returns = mb.rows_of(mini["returns"], rows)
         clipped = old + (values - old).clamp(-a.value_clip, a.value_clip)
         unclipped_err, clipped_err = (values - returns) ** 2, (clipped - returns) ** 2
         stats["value_loss"] += (0.5 * torch.maximum(unclipped_err, clipped_err).detach() * mb.mask).sum().item()
@@ -338,10 +355,12 @@ class Learner:
         return metrics
 
     # ---- weight sync and saving ---------------------------------------------------------------
-    def weight_metas(self) -> list:
+    def weight_metas(self, dtype: str | None = None) -> list:
         """Rank 0 only: names, dtypes and global shapes of the weights as sent to the engines
-        (wire format)."""
-        dtype = resolve_dtype(self.cfg.rollout.dtype)
+        (wire format). They travel in the engines' dtype, `dtype` as the engines report it
+        (default: rollout.dtype resolved here): the learner's fp32 master weights are cast on
+        the way, so a bf16 engine gets half the bytes and exactly what vLLM's own cast gave."""
+        dtype = getattr(torch, dtype) if dtype else resolve_dtype(self.cfg.rollout.dtype)
         # A tied output head is named too (vLLM on CPU keeps its own repacked copy of it) but
         # travels once: the engines receive it under both names.
         tied = {plain_name(name): plain_name(source) for name, source in tied_names(self._policy_lm()).items()}
@@ -439,11 +458,3 @@ class Learner:
         if getattr(self, "_owns_group", False) and dist.is_initialized():
             dist.destroy_process_group()
 
-
-def learner_class(backend: str) -> type[Learner]:
-    """The learner rank class for `learner.backend` (fsdp2 | deepspeed)."""
-    if backend == "deepspeed":
-        from parkrl.workers.deepspeed_learner import DeepSpeedLearner
-        return DeepSpeedLearner
-    from parkrl.workers.fsdp_learner import FSDPLearner
-    return FSDPLearner

@@ -1,7 +1,6 @@
 """Per-process settings and readings of a worker: threads, cores, peak memory."""
 from __future__ import annotations
 
-import importlib
 import os
 import resource
 
@@ -34,11 +33,3 @@ def peak_rss_gib() -> float:
     """Peak resident memory of this process so far, in GiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
 
-
-def import_plugins(modules: list[str]) -> None:
-    """Import `trainer.imports` (user registrations of estimators, losses, ...) in this process."""
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ImportError(f"trainer.imports: cannot import {name!r} ({e}); is it on PYTHONPATH?") from e

@@ -19,10 +19,10 @@ from parkrl.batch import TrajectoryBatch
 from parkrl.collect import collect_batch
 from parkrl.config import Config
 from parkrl.data import TaskPrompts
-from parkrl.metrics import PhaseTimer
+from parkrl.runs.metrics import PhaseTimer
 
 
-class Rollouts:
+class BatchSource:
     """The batch source of a run. `batch(step, timer)` gives step `step`'s scored batch;
     `settle(timer)` must be called before the weight sync; `data_state()` is the sampler state
     to checkpoint (taken before any batch still in flight drew its prompts, so a resume draws

@@ -5,7 +5,7 @@ another turn, up to `max_tries`. A right answer on try k pays 1 / k, so the mode
 right early but still gains from correcting itself. The rewards come from the environment, so
 switch off the run's reward function on the final turn:
 
-    PYTHONPATH=recipes python -m parkrl.train env.cls=retry_env.RetryWithFeedback \\
+    PYTHONPATH=examples python -m parkrl.train env.cls=retry_env.RetryWithFeedback \\
         env.final_reward=false env.max_turns=3
 """
 import parkrl

@@ -1,5 +1,5 @@
 """Turning prompts into completions: engine adapters (vLLM, HF generate)."""
-from parkrl.rollout.types import Completion, SamplingSpec
+from parkrl.engines.types import Completion, SamplingSpec
 
 
 def make_engine(backend: str, model_path: str, dtype: str, max_model_len: int, kv_cache_gib: float,
@@ -11,11 +11,11 @@ def make_engine(backend: str, model_path: str, dtype: str, max_model_len: int, k
     gpu_share is the fraction of the GPU the engine may assume free at start.
     """
     if backend == "vllm":
-        from parkrl.rollout.vllm_engine import VLLMEngine
+        from parkrl.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path, dtype, max_model_len, kv_cache_gib, seed, cpu_ids, sleep_mode, gpu_share)
     if backend == "hf":
-        from parkrl.rollout.hf_engine import HFEngine
+        from parkrl.engines.hf_engine import HFEngine
 
         return HFEngine(model_path, dtype, max_model_len, seed)
     raise ValueError(f"rollout.backend={backend!r}: choose vllm or hf")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from parkrl.rollout.types import Completion, SamplingSpec
+from parkrl.engines.types import Completion, SamplingSpec
 
 EXTENSION = "parkrl.sync.vllm_extension.WeightSyncExtension"
 

@@ -1,7 +1,7 @@
 """An example user reward, written as a user would: a module of your own, no change to parkrl.
 
 Run it with:
-    PYTHONPATH=recipes python -m parkrl.train reward.cls=exact_answer_reward.ExactAnswerReward
+    PYTHONPATH=examples python -m parkrl.train reward.cls=exact_answer_reward.ExactAnswerReward
 
 It pays 1.0 only when the whole completion is the expected answer (no extra words), so it
 trains the model to answer tersely; `partial` is paid when the answer is right but wordy.

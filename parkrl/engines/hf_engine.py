@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from parkrl.engines.types import Completion, SamplingSpec
 from parkrl.models.loading import load_causal_lm, load_tokenizer
-from parkrl.rollout.types import Completion, SamplingSpec
 from parkrl.sync.buckets import TensorMeta, receive_tensors
-from parkrl.sync.group import init_sync_group
+from parkrl.sync.process_group import init_sync_group
 
 
 class HFEngine:
