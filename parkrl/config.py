@@ -34,8 +34,10 @@ class DataConfig:
     eval_size: int = 100
     system_prompt: str = "Answer with only the final number."
     # Your own prompts instead of data.task: JSONL files, one {"question", "answer"} object per
-    # line ("messages" may replace "question"). Both or neither; score them with a reward that
-    # reads sample["answer"], e.g. parkrl.rewards.MatchAnswerReward.
+    # line ("messages" may replace "question"). eval_file is the held-out set that
+    # trainer.eval_every evaluates on: needed with train_file unless trainer.eval_every=0. Score
+    # them with a reward that reads sample["answer"], e.g. parkrl.rewards.MatchAnswerReward.
+    # Every prompt (chat-templated) + rollout.max_new_tokens must fit rollout.max_model_len.
     train_file: str = ""
     eval_file: str = ""
 
@@ -47,7 +49,7 @@ class RolloutConfig:
     max_new_tokens: int = 32
     temperature: float = 1.0
     dtype: str = "auto"  # engine compute dtype: auto | float32 | bfloat16
-    max_model_len: int = 1024
+    max_model_len: int = 1024  # the engine's context: prompt tokens + max_new_tokens must fit in it
     kv_cache_gib: float = 0.5  # vLLM KV cache size per engine
     # Generate step k+1's batch while step k trains (a policy lag of one update, corrected by
     # truncated importance sampling: algorithm.rollout_is_cap).
@@ -163,15 +165,45 @@ class EnvConfig:
     max_turns: int = 4  # assistant turns per episode
     max_total_tokens: int = 256  # response-side tokens per episode (assistant + environment turns)
     workers: int = 8  # threads per engine running environment steps (tool calls)
+    # An environment step (a tool call) running longer ends only its episode (env/step_timeouts_mean).
+    step_timeout_s: float = 60.0
+    # An environment step that raises: "raise" stops the run (naming the class, sample and turn);
+    # "end_episode" ends only that episode (env/step_errors_mean).
+    on_error: str = "raise"
     # Whether the run's reward function (reward.cls) also scores the final assistant turn; the
     # episode's score is that plus the sum of the environment's turn rewards.
     final_reward: bool = True
 
 
 @dataclass
+class SandboxConfig:
+    # The sandbox service that runs the terminal and python tools (docs/extending.md#the-sandbox-service).
+    # N > 0: the trainer starts N sandbox servers and a gateway for the run, as workers placed by
+    # resources.sandbox; 0: use a running gateway (or server) at `url`, with this run's token in `token_file`.
+    servers: int = 0
+    url: str = ""
+    token_file: str = ""
+    sessions_per_server: int = 64  # sessions (and /run_code calls) each started server holds at once
+    server_args: list[str] = field(default_factory=list)  # extra flags of each started server
+    start_timeout_s: float = 60.0  # started services must listen within this
+    call_timeout_s: float = 30.0  # deadline of every call but exec (its command's timeout + 15 s)
+    busy_wait_s: float = 30.0  # opening a session on a full fleet (429) retries this long, then the call fails
+    on_server_lost: str = "observation"  # observation (the model sees the failure) | retry (new session, once)
+
+
+@dataclass
+class ServiceResources:
+    # Where started services go (CPU-only nodes): cores per process, Ray custom resources and node labels.
+    cpus_per_worker: float = 0.5
+    custom_resources: dict[str, float] = field(default_factory=dict)
+    node_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class ResourcesConfig:
     learner: RoleResources = field(default_factory=RoleResources)
     rollout: RoleResources = field(default_factory=RoleResources)
+    sandbox: ServiceResources = field(default_factory=ServiceResources)  # sandbox.servers=N and their gateway
     # GPU only: engine i shares learner rank i's GPU (gpus_per_worker of the two roles sum to 1,
     # e.g. 0.5 each). vLLM sleeps while the learner trains and gets weights by CUDA IPC.
     colocate: bool = False
@@ -186,12 +218,17 @@ class TrainerConfig:
     output_dir: str = "outputs/run"
     runtime: str = "ray"  # ray | local (one process, so breakpoint() works)
     ray_address: Optional[str] = None  # join this Ray cluster; None = start a local one
+    # Every wait has a timeout. sync_timeout_s must be below worker_timeout_s (checked), so a
+    # failed weight sync is reported as itself, not as a hung call.
     worker_timeout_s: float = 600.0  # longest wait on any remote call before failing the run
-    sync_timeout_s: float = 300.0  # timeout of the weight-sync collectives
-    save_final: bool = True
+    sync_timeout_s: float = 300.0  # timeout of the weight-sync collectives (< worker_timeout_s)
+    save_final: bool = True  # write the trained policy as an HF model to output_dir/final
     # Checkpoints (policy, critic, optimizers, sampler and RNG state) every N steps, the last K
     # kept, under output_dir/checkpoints. SIGINT/SIGTERM also save one after the current step.
-    save_every: int = 10  # 0 = only on SIGINT/SIGTERM
+    save_every: int = 10  # 0 = only on SIGINT/SIGTERM (and the last step, see below)
+    # Also checkpoint the last step (what a later run with a higher total_steps continues from).
+    # Off for smoke tests: a checkpoint of SmolLM2-135M is 1.7 GB.
+    save_final_checkpoint: bool = True
     keep_checkpoints: int = 2
     # auto: continue from the latest checkpoint in output_dir if there is one; never; or a
     # checkpoints/step_N directory.
@@ -201,6 +238,9 @@ class TrainerConfig:
     loggers: list[str] = field(default_factory=list)  # besides metrics.jsonl: tensorboard, wandb
     wandb_project: str = "parkrl"  # WANDB_MODE=offline logs with no network
     samples_per_step: int = 16  # completions written to samples.jsonl each step; 0 = none
+    # Also show third-party output (vLLM/Ray/transformers INFO lines, progress bars, harmless
+    # warnings) on the console and in train.log; by default only parkrl's lines, warnings and errors.
+    verbose: bool = False
     # Modules imported in the controller and in every worker before anything runs: where your
     # @ADVANTAGES/@POLICY_LOSSES/... registrations live (they must exist in the workers too).
     imports: list[str] = field(default_factory=list)
@@ -215,6 +255,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -228,7 +269,7 @@ _POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "ro
              "learner.mini_batches", "learner.epochs", "learner.micro_batch_size", "resources.learner.num_workers",
              "resources.rollout.num_workers", "trainer.worker_timeout_s", "trainer.sync_timeout_s",
              "data.eval_size", "data.train_size", "trainer.keep_checkpoints", "trainer.max_nonfinite_steps",
-             "env.max_turns", "env.max_total_tokens", "env.workers")
+             "env.max_turns", "env.max_total_tokens", "env.workers", "env.step_timeout_s")
 _NON_NEGATIVE = ("algorithm.rollout_is_cap", "learner.max_tokens_per_micro_batch", "learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
                  "trainer.max_worker_restarts", "trainer.samples_per_step")
 
@@ -244,7 +285,8 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     """Raise ConfigError listing every problem, each naming its config key.
 
     `known` maps registry kinds ("advantage", "policy_loss", "loss_agg", "kl_estimator") to the
-    names registered at call time, so user-registered estimators are accepted.
+    names registered at call time, so user-registered estimators are accepted;
+    "group_advantage" lists the estimators that need groups of `rollout.n >= 2` samples.
     """
     p: list[str] = []
     known = known or {}
@@ -255,11 +297,17 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     _choice(cfg.trainer.runtime, "trainer.runtime", ("ray", "local"), p)
     _choice(cfg.algorithm.kl_in, "algorithm.kl_in", ("loss", "reward"), p)
     _choice(cfg.reward.on_error, "reward.on_error", ("raise", "zero"), p)
+    _choice(cfg.env.on_error, "env.on_error", ("raise", "end_episode"), p)
+    _check_sandbox(cfg, p)
     for name in cfg.trainer.loggers:
         _choice(name, "trainer.loggers[]", ("tensorboard", "wandb"), p)
-    if bool(cfg.data.train_file) != bool(cfg.data.eval_file):
-        p.append("data.train_file and data.eval_file: give both (held-out eval needs its own file) or neither")
-    if cfg.data.train_file and cfg.reward.cls == RewardConfig.cls:
+    if cfg.data.eval_file and not cfg.data.train_file:
+        p.append(f"data.eval_file={cfg.data.eval_file!r} without data.train_file: with data.task={cfg.data.task!r} "
+                 f"the eval set comes from data.eval_seed and data.eval_size; give data.train_file too, or drop it")
+    if cfg.data.train_file and not cfg.data.eval_file and cfg.trainer.eval_every > 0:
+        p.append(f"data.eval_file: trainer.eval_every={cfg.trainer.eval_every} evaluates on a held-out file; give "
+                 f"data.eval_file, or set trainer.eval_every=0 to train on data.train_file without eval")
+    if cfg.data.train_file and cfg.reward.cls == RewardConfig.cls and reward_is_called(cfg):
         p.append(f"reward.cls={cfg.reward.cls}: it scores reasoning-gym tasks; samples from data.train_file need "
                  f"a reward that reads sample['answer'], e.g. reward.cls=parkrl.rewards.MatchAnswerReward")
     for key, value in (("rollout.dtype", cfg.rollout.dtype), ("learner.dtype", cfg.learner.dtype)):
@@ -267,6 +315,7 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     for kind in ("advantage", "policy_loss", "loss_agg", "kl_estimator"):
         if kind in known:
             _choice(getattr(cfg.algorithm, kind), f"algorithm.{kind}", known[kind], p)
+    _check_signal(cfg, known, p)
     for key in _POSITIVE:
         if not _get(cfg, key) > 0:
             p.append(f"{key}={_get(cfg, key)}: must be > 0")
@@ -313,6 +362,44 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     _check_colocation(cfg, p)
     if p:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(p))
+
+
+def reward_is_called(cfg: Config) -> bool:
+    """Whether the run calls `reward.cls` to score completions: always, except in multi-turn
+    episodes with `env.final_reward=false`, where the environment's turn rewards alone score."""
+    return not cfg.env.cls or cfg.env.final_reward
+
+
+def _check_signal(cfg: Config, known: dict[str, tuple[str, ...]], p: list[str]) -> None:
+    """Settings under which the advantages are 0 on every sample, so the run would train on
+    exactly nothing without an error."""
+    a, n = cfg.algorithm, cfg.rollout.n
+    if n == 1 and a.advantage in known.get("group_advantage", ()):
+        no_groups = sorted(set(known.get("advantage", ())) - set(known["group_advantage"]))
+        p.append(f"rollout.n=1 with algorithm.advantage={a.advantage}: this estimator compares each sample with the "
+                 f"other samples of its prompt (a group of rollout.n), so with one sample per prompt every "
+                 f"advantage is 0 and nothing trains. Set rollout.n >= 2, or pick an estimator that needs no "
+                 f"groups ({', '.join(no_groups) or 'none registered'})")
+    if n == 1 and a.dynamic_sampling:
+        p.append("rollout.n=1 with algorithm.dynamic_sampling=true: dynamic sampling keeps groups whose samples "
+                 "scored differently, and a group of one never does; set rollout.n >= 2 or turn it off")
+
+
+def _check_sandbox(cfg: Config, p: list[str]) -> None:
+    s = cfg.sandbox
+    _choice(s.on_server_lost, "sandbox.on_server_lost", ("observation", "retry"), p)
+    if s.servers < 0:
+        p.append(f"sandbox.servers={s.servers}: must be >= 0")
+    if s.servers and s.url:
+        p.append(f"sandbox.servers={s.servers} and sandbox.url={s.url!r}: the run starts its own service or uses "
+                 f"one at a URL, not both; set sandbox.servers=0 or sandbox.url=''")
+    if s.url and not s.token_file:
+        p.append(f"sandbox.url={s.url!r}: give sandbox.token_file, the file holding this run's token for it")
+    for key in ("sessions_per_server", "start_timeout_s", "call_timeout_s"):
+        if not getattr(s, key) > 0:
+            p.append(f"sandbox.{key}={getattr(s, key)}: must be > 0")
+    if cfg.resources.sandbox.cpus_per_worker <= 0:
+        p.append(f"resources.sandbox.cpus_per_worker={cfg.resources.sandbox.cpus_per_worker}: must be > 0")
 
 
 def _check_colocation(cfg: Config, p: list[str]) -> None:

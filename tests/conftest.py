@@ -59,5 +59,19 @@ def ray_session():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def session_processes(sid: int) -> list[str]:
+    """Command lines of the processes still in session `sid` (what a run left behind)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getsid(p.info["pid"]) == sid:
+                found.append(" ".join(p.info["cmdline"] or [])[:120])
+        except (ProcessLookupError, PermissionError):
+            pass
+    return found
+
+
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]

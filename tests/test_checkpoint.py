@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from parkrl import checkpoint
+from parkrl.runs import checkpoint
 from parkrl.config import Config, ConfigError, DataConfig
 from parkrl.data import TaskPrompts
 
@@ -63,6 +63,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir, tmp_p
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after step 3" in resumed.stdout
+    log = (run_b / "train.log").read_text().splitlines()  # the killed attempt's lines, then the resumed one's
+    assert log.index(next(line for line in log if line.startswith("step 3/6"))) < log.index(
+        next(line for line in log if "resuming after step 3" in line))
     a, b = rows(run_a), rows(run_b)
     assert sorted(b) == [1, 2, 3, 4, 5, 6]  # rows the killed attempt logged after step 3 were replaced
     for step in (4, 5, 6):
@@ -126,6 +129,31 @@ def test_sampler_state_round_trip_continues_the_same_stream():
     b = TaskPrompts(cfg, shuffle_seed=123)  # a different seed: only the loaded state can match
     b.load_state_dict(state)
     assert [s["question"] for s in b.next_prompts(40)] == expected
+
+
+def test_the_last_step_is_checkpointed_only_when_the_config_says_so():
+    from parkrl.controller import checkpoint_due
+
+    cfg = Config()
+    cfg.trainer.total_steps, cfg.trainer.save_every = 5, 0
+    assert [s for s in range(1, 6) if checkpoint_due(cfg, s, False)] == [5]  # save_final_checkpoint: on by default
+    cfg.trainer.save_final_checkpoint = False
+    assert [s for s in range(1, 6) if checkpoint_due(cfg, s, False)] == []
+    assert checkpoint_due(cfg, 3, True)  # a stop request still saves
+    cfg.trainer.save_every = 2
+    assert [s for s in range(1, 6) if checkpoint_due(cfg, s, False)] == [2, 4]
+    assert "trainer.save_final_checkpoint" in checkpoint._RESUMABLE_CHANGES  # a resume may turn it on or off
+
+
+@pytest.mark.integration
+def test_exit_0_done_without_a_final_checkpoint(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(cli(tiny_model_dir, out, "trainer.total_steps=1", "trainer.save_every=0",
+                              "trainer.save_final_checkpoint=false"),
+                          env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(rows(out)) == [1] and "parkrl: error" not in done.stderr
+    assert not (out / "checkpoints").exists() and "[parkrl] checkpoint" not in done.stdout
 
 
 def test_a_fresh_run_refuses_an_output_dir_with_another_runs_checkpoints(tmp_path):

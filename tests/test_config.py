@@ -35,6 +35,27 @@ def test_misspelled_key_is_rejected_with_its_name():
     assert "totl_steps" in str(e.value.__cause__ or e.value) or "totl_steps" in str(e.value)
 
 
+def test_a_plus_key_that_no_code_reads_is_rejected_like_any_unknown_key():
+    for override, named in (("+trainer.totl_steps=3", ("trainer.totl_steps: no such config key (did you mean "
+                                                       "trainer.total_steps?)")),
+                             ("+foo.bar=1", "foo: no such config key"),
+                             ("+resources.learner.cpus=2", "resources.learner.cpus: no such config key")):
+        with pytest.raises(ConfigError) as e:
+            load(override)
+        assert named in str(e.value), override
+    with pytest.raises(ConfigError, match=r"reward.models\[0\].wt: no such config key"):
+        load("reward.models=[{path: a}]", "+reward.models.0.wt=3")
+
+
+def test_plus_keys_go_into_free_form_dicts():
+    cfg = load("+reward.args.max_chars=5", "+env.args.tools=[calculator]", "+data.task_args.size=3",
+               "+resources.rollout.custom_resources.rollout_node=1", "+resources.learner.node_labels.pool=train")
+    assert cfg.reward.args == {"max_chars": 5} and cfg.env.args == {"tools": ["calculator"]}
+    assert cfg.data.task_args["size"] == 3
+    assert cfg.resources.rollout.custom_resources == {"rollout_node": 1}
+    assert cfg.resources.learner.node_labels == {"pool": "train"}
+
+
 def test_wrong_type_is_rejected_with_its_key():
     with pytest.raises((ConfigCompositionException, ValidationError)) as e:
         load("trainer.total_steps=abc")
@@ -82,6 +103,15 @@ def test_every_problem_is_reported_at_once():
     assert "learner.lr" in msg and "rollout.n" in msg
 
 
+def test_timeouts_must_nest_and_the_config_says_so():
+    import inspect
+
+    from parkrl import config
+
+    assert "trainer.sync_timeout_s=300.0 must be below trainer.worker_timeout_s=200.0" in bad(trainer__worker_timeout_s=200.0)
+    assert "sync_timeout_s must be below worker_timeout_s" in inspect.getsource(config.TrainerConfig)
+
+
 def test_local_runtime_runs_one_worker_per_role():
     cfg = Config()
     cfg.trainer.runtime = "local"
@@ -99,7 +129,7 @@ def test_cli_config_errors_exit_before_any_worker_starts(tmp_path):
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
     typo = run("trainer.totl_steps=3")
-    assert typo.returncode != 0 and "totl_steps" in typo.stderr
+    assert typo.returncode == 2 and "totl_steps" in typo.stderr
     sizes = run("trainer.prompts_per_step=3", "rollout.n=3", "learner.mini_batches=2")
     assert sizes.returncode == 2
     assert "learner.mini_batches=2" in sizes.stderr and "Traceback" not in sizes.stderr
@@ -119,3 +149,58 @@ def test_colocation_and_learner_backend_problems_name_the_keys():
         assert key in msg, key
     ok = load("resources.colocate=true", "resources.learner.gpus_per_worker=0.5", "resources.rollout.gpus_per_worker=0.5")
     validate(ok, registered_names())  # one learner rank and one engine sharing a GPU
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "drgrpo", "rloo", "reinforce_pp_baseline"])
+def test_one_sample_per_prompt_is_rejected_for_a_group_estimator(estimator):
+    msg = bad(rollout__n=1, algorithm__advantage=estimator)
+    assert f"rollout.n=1 with algorithm.advantage={estimator}" in msg
+    assert "every advantage is 0 and nothing trains" in msg and "reinforce_pp" in msg
+
+
+def test_one_sample_per_prompt_is_fine_where_no_group_is_needed():
+    for estimator in ("reinforce_pp", "gae"):
+        cfg = Config()
+        cfg.rollout.n, cfg.algorithm.advantage = 1, estimator
+        validate(cfg, registered_names())
+    assert "algorithm.dynamic_sampling=true" in bad(rollout__n=1, algorithm__advantage="reinforce_pp",
+                                                    algorithm__dynamic_sampling=True)
+
+
+def test_a_user_estimator_declares_that_it_needs_groups():
+    import torch
+
+    from parkrl.algorithms import ADVANTAGES
+
+    @ADVANTAGES.register("test_only_group_median", needs_groups=True)
+    def group_median(rewards, group_ids, cfg):
+        return torch.zeros_like(rewards)
+
+    @ADVANTAGES.register("test_only_batch_mean")
+    def batch_mean(rewards, group_ids, cfg):
+        return rewards - rewards.mean()
+
+    assert ADVANTAGES.needs_groups("test_only_group_median") and not ADVANTAGES.needs_groups("test_only_batch_mean")
+    assert "algorithm.advantage=test_only_group_median" in bad(rollout__n=1, algorithm__advantage="test_only_group_median")
+    cfg = Config()
+    cfg.rollout.n, cfg.algorithm.advantage = 1, "test_only_batch_mean"
+    validate(cfg, registered_names())
+
+
+
+def test_env_final_reward_false_needs_no_reward_that_accepts_the_data(tmp_path):
+    """With env.final_reward=false the environment alone scores: reward.cls is never called, so
+    neither the data-file check nor building the default reward applies."""
+    from parkrl.controller import reward_function
+    from parkrl.rewards import RewardFunction
+
+    cfg = Config()
+    cfg.data.train_file, cfg.data.eval_file = str(tmp_path / "train.jsonl"), str(tmp_path / "eval.jsonl")
+    cfg.env.cls, cfg.env.final_reward = "retry_env.RetryWithFeedback", False
+    validate(cfg, registered_names())
+    assert type(reward_function(cfg)) is RewardFunction  # stands in for is_correct (eval/accuracy) only
+    cfg.reward.cls = "parkrl.rewards.MatchAnswerReward"  # one you name is built (its is_correct counts)
+    assert type(reward_function(cfg)).__name__ == "MatchAnswerReward"
+    cfg.reward.cls, cfg.env.final_reward = Config().reward.cls, True  # called on the final turn: must read the data
+    with pytest.raises(ConfigError, match="reward.cls=parkrl.rewards.ReasoningGymReward: it scores reasoning-gym"):
+        validate(cfg, registered_names())

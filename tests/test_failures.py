@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import session_processes
+from test_integration import SYNC_OK, read_metrics, tiny_config
 
 from parkrl.config import RoleResources
 from parkrl.controller import train
 from parkrl.workers import WorkerDied, WorkerGroup, WorkerTimeout
-from test_integration import SYNC_OK, read_metrics, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -87,19 +88,6 @@ def test_hung_ray_actor_is_named_within_the_timeout(ray_session):
     finally:
         with pytest.raises(WorkerTimeout, match=r"napper\[0\]\.shutdown"):  # still napping: named, then killed
             group.shutdown(timeout_s=1.0)
-
-
-def session_processes(sid: int) -> list[str]:
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if os.getsid(p.info["pid"]) == sid:
-                found.append(" ".join(p.info["cmdline"] or [])[:120])
-        except (ProcessLookupError, PermissionError):
-            pass
-    return found
 
 
 def test_sigint_checkpoints_and_leaves_no_process_or_shared_memory(tiny_model_dir, tmp_path):

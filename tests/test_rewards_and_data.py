@@ -68,11 +68,42 @@ def test_bad_task_names_the_key():
         TaskPrompts(DataConfig(task="no_such_task"), 0)
 
 
-def test_recipes_example_reward_loads_from_its_own_module():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+def test_examples_reward_loads_from_its_own_module():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     try:
         fn = load_reward("exact_answer_reward.ExactAnswerReward", {"partial": 0.25})
         s = {"answer": "7"}
         assert fn(["7", "The answer is 7.", "8"], [[]] * 3, [s] * 3) == [1.0, 0.25, 0.0]
     finally:
         sys.path.pop(0)
+
+
+class LengthPenalty(RewardFunction):
+    """A length penalty in tokens, as a user writes it: no tokenizer needed."""
+
+    def __call__(self, completions, messages, samples):
+        return [1.0 - s["num_response_tokens"] / 10 for s in samples]
+
+
+def test_a_reward_function_gets_each_completions_token_count(tiny_model_dir):
+    from parkrl.collect import score
+    from parkrl.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    ids = [tok.encode("one"), tok.encode("one two three four"), tok.encode("one two") + [tok.eos_token_id]]
+    task = {"question": "q", "answer": "1", "messages": []}
+    samples = [task, task, task]  # a group's samples share their task's dict
+    values, errors = score(LengthPenalty(), tok, ids, samples)
+    assert errors == 0 and values == [pytest.approx(1.0 - len(i) / 10) for i in ids]
+    assert len(ids[1]) > len(ids[0]) and ids[2][-1] == tok.eos_token_id  # counts are tokens as sampled, EOS too
+    assert set(task) == {"question", "answer", "messages"}  # the task's own dict is not changed
+
+    seen = []
+
+    class Spy(RewardFunction):
+        def __call__(self, completions, messages, samples):
+            seen.extend(samples)
+            return [0.0] * len(completions)
+
+    score(Spy(), tok, ids, samples)
+    assert [s["response_ids"] for s in seen] == ids and [s["num_response_tokens"] for s in seen] == [len(i) for i in ids]

@@ -16,6 +16,11 @@ def read_samples(path: str, key: str, system_prompt: str) -> list[dict[str, Any]
     """Every line of `path` as a sample. A row needs "answer" and either "question" (a string,
     sent as the user turn after `system_prompt`) or "messages" (a chat list, sent as is); other
     fields are kept for the reward function. `key` is the config key that named the file."""
+    return [sample for _, sample in read_rows(path, key, system_prompt)]
+
+
+def read_rows(path: str, key: str, system_prompt: str) -> list[tuple[str, dict[str, Any]]]:
+    """`read_samples`, each sample with where it came from ("path:line")."""
     file = Path(path)
     if not file.is_file():
         raise DatasetError(f"{key}={path!r}: no such file")
@@ -31,7 +36,7 @@ def read_samples(path: str, key: str, system_prompt: str) -> list[dict[str, Any]
                 raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            out.append(_sample(row, where, system_prompt))
+            out.append((where, _sample(row, where, system_prompt)))
     if not out:
         raise DatasetError(f"{key}={path!r}: the file has no rows")
     return out
