@@ -6,6 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 PY="${PYTHON:-python3}"
+# bubblewrap isolates the sandbox service's sessions (sandbox.servers, python -m parkrl.sandbox.server).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing bubblewrap (sandbox isolation)"
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1 \
+      || echo "[setup] warning: could not install bubblewrap; the sandbox service will refuse to start"
+  else
+    echo "[setup] note: install bubblewrap (e.g. apt-get install bubblewrap) for the sandbox service"
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

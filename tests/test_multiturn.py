@@ -9,7 +9,7 @@ import pytest
 from parkrl.envs import Environment, EpisodeLimits, StepResult, ToolEnvironment, run_episodes
 from parkrl.envs.turns import TurnTokens
 from parkrl.models import load_tokenizer
-from parkrl.rollout import Completion
+from parkrl.engines import Completion
 from parkrl.tools import Calculator, ToolCall, ToolCallError, find_tool_calls, run_tool_call
 
 
@@ -119,8 +119,8 @@ class TwoTurns(Environment):
 
 
 def run(tok, engine, env_factory, n, **limits):
-    from parkrl.collect import chat_prompt_ids
-    from parkrl.rollout import SamplingSpec
+    from parkrl.models import chat_prompt_ids
+    from parkrl.engines import SamplingSpec
 
     spec = SamplingSpec(n=1, max_new_tokens=16, temperature=1.0)
     return run_episodes(engine, env_factory, [{"question": f"q{i}"} for i in range(n)], spec, tok,
@@ -175,6 +175,51 @@ def test_a_slow_environment_does_not_hold_up_other_episodes(tok):
     assert all(ep.finish_reason == "done" for ep in episodes) and time.monotonic() - t0 < 2.0
 
 
+class Hanging(TwoTurns):
+    """Episode 0's step hangs (far past the step deadline) or raises; every instance records its close."""
+    made: list["Hanging"] = []
+
+    def __init__(self, fail: str = "hang"):
+        super().__init__()
+        self.index, self.fail, self.closed = len(Hanging.made), fail, 0
+        Hanging.made.append(self)
+
+    def step(self, text):
+        if self.index == 0 and self.fail == "hang":
+            time.sleep(3)
+        if self.index == 0 and self.fail == "raise":
+            raise KeyError("broken state")
+        return super().step(text)
+
+    def close(self):
+        self.closed += 1
+
+
+def test_a_hanging_environment_ends_only_its_episode_and_every_environment_is_closed(tok, capsys):
+    turn = tok.encode(" ok", add_special_tokens=False) + [tok.eos_token_id]
+    Hanging.made = []
+    t0 = time.monotonic()
+    episodes = run(tok, ScriptedEngine({i: [turn] * 2 for i in range(3)}), Hanging, 3, step_timeout_s=0.5)
+    assert time.monotonic() - t0 < 2.5  # the deadline, not the 3 s hang
+    assert [ep.finish_reason for ep in episodes] == ["env_timeout", "done", "done"]
+    assert episodes[0].info == {"step_timeouts": 1.0} and episodes[1].info == {"tool_calls": 2.0}
+    assert [e.closed for e in Hanging.made] == [1, 1, 1]
+    assert "Hanging.step of sample 0 (turn 1) did not return within env.step_timeout_s=0.5" in capsys.readouterr().err
+
+
+def test_a_raising_environment_stops_the_rollout_or_ends_its_episode_as_configured(tok):
+    turn = tok.encode(" ok", add_special_tokens=False) + [tok.eos_token_id]
+    Hanging.made = []
+    with pytest.raises(RuntimeError, match=r"Hanging.step of sample 0 \(turn 1\) raised KeyError.*env.on_error=end_episode"):
+        run(tok, ScriptedEngine({i: [turn] * 2 for i in range(2)}), lambda: Hanging("raise"), 2)
+    assert [e.closed for e in Hanging.made] == [1, 1]  # closed on the error too
+    Hanging.made = []
+    episodes = run(tok, ScriptedEngine({i: [turn] * 2 for i in range(2)}), lambda: Hanging("raise"), 2,
+                   on_error="end_episode")
+    assert [ep.finish_reason for ep in episodes] == ["env_error", "done"] and episodes[0].info == {"step_errors": 1.0}
+    assert [e.closed for e in Hanging.made] == [1, 1]
+
+
 # ---- real episodes through training ------------------------------------------------------------------
 @pytest.mark.integration
 @pytest.mark.parametrize("runtime, backend", [("local", "hf"), ("ray", "vllm")])
@@ -212,8 +257,11 @@ def test_tag_format_calls_take_the_single_argument_or_a_json_object():
     env = ToolEnvironment(call_format="tag", examples=[{"role": "user", "content": "demo"}])
     first = env.reset({"question": "What is 98 * 93?"})
     assert "<calculator>expression</calculator>" in first[0]["content"] and first[1]["content"] == "demo"
-    r = env.step("<python>print(98 * 93)</python>")
-    assert r.observation == [{"role": "tool", "content": "9114"}] and r.info == {"tool_calls": 1, "tool_errors": 0}
+    r = env.step("<calculator>98 * 93</calculator>")
+    assert r.observation == [{"role": "tool", "content": "9114"}]
+    assert r.info == {"tool_calls": 1, "tool_errors": 0}
+    assert env.uses_sandbox  # the python tool runs in the sandbox service
+    assert not ToolEnvironment(tools=["calculator"]).uses_sandbox
 
 
 @pytest.mark.integration
@@ -226,7 +274,7 @@ def test_example_environment_runs_from_the_config_alone(tiny_model_dir, tmp_path
     from conftest import repo_root
 
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root() / "recipes"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root() / "examples"), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "parkrl.train", f"model.path={tiny_model_dir}", "trainer.runtime=local",
            "rollout.backend=hf", "env.cls=retry_env.RetryWithFeedback", "env.final_reward=false", "env.max_turns=3",
            "+env.args.max_tries=3", "trainer.total_steps=1", "trainer.eval_every=0", "trainer.prompts_per_step=2",

@@ -5,34 +5,51 @@ import random
 from typing import Any
 
 from parkrl.config import ConfigError, DataConfig
-from parkrl.data.jsonl import read_samples
+from parkrl.data.jsonl import DatasetError, read_rows
 from parkrl.data.reasoning_gym import task_samples
+
+
+def identity(sample: dict[str, Any]) -> str:
+    """What makes two samples the same task: their `uid` if they carry one, else the question."""
+    return str(sample["uid"]) if "uid" in sample else sample["question"]
 
 
 class TaskPrompts:
     """Training and eval samples from `data.train_file`/`data.eval_file` when set, else from
     the reasoning-gym task `data.task` (train from `data.train_seed`, eval from `data.eval_seed`).
+    Without `data.eval_file` (allowed when `trainer.eval_every=0`) the eval set is empty.
 
-    Held-out means disjoint: every eval question is removed from the training pool (small
-    generator spaces repeat questions across seeds), and the eval set has no duplicates.
+    Held-out means disjoint: every eval sample is removed from the training pool (small
+    generator spaces repeat questions across seeds), and the eval set has no duplicates. Samples
+    are told apart by their `uid` field when they have one (tasks whose question repeats over
+    different inputs, like terminal_files), else by their question text.
+    `train_where`/`eval_where` say where each sample came from (file:line, or task sample).
     """
 
     def __init__(self, cfg: DataConfig, shuffle_seed: int) -> None:
         if cfg.train_file:
-            pool = read_samples(cfg.eval_file, "data.eval_file", cfg.system_prompt)
-            train = read_samples(cfg.train_file, "data.train_file", cfg.system_prompt)
+            pool = read_rows(cfg.eval_file, "data.eval_file", cfg.system_prompt) if cfg.eval_file else []
+            train = read_rows(cfg.train_file, "data.train_file", cfg.system_prompt)
             source = f"data.train_file={cfg.train_file!r}"
         else:
-            pool = task_samples(cfg.task, dict(cfg.task_args), cfg.eval_seed, cfg.eval_size * 4, cfg.system_prompt)
-            train = task_samples(cfg.task, dict(cfg.task_args), cfg.train_seed, cfg.train_size, cfg.system_prompt)
+            def rows(seed: int, size: int, seed_key: str) -> list[tuple[str, dict[str, Any]]]:
+                samples = task_samples(cfg.task, dict(cfg.task_args), seed, size, cfg.system_prompt)
+                return [(f"data.task={cfg.task!r} sample {i} ({seed_key}={seed})", s) for i, s in enumerate(samples)]
+
+            pool = rows(cfg.eval_seed, cfg.eval_size * 4, "data.eval_seed")
+            train = rows(cfg.train_seed, cfg.train_size, "data.train_seed")
             source = f"data.task={cfg.task!r}"
         seen: set[str] = set()
         self.eval: list[dict[str, Any]] = []
-        for s in pool:
-            if s["question"] not in seen and len(self.eval) < cfg.eval_size:
-                seen.add(s["question"])
+        self.eval_where: list[str] = []
+        for where, s in pool:
+            if identity(s) not in seen and len(self.eval) < cfg.eval_size:
+                seen.add(identity(s))
                 self.eval.append(s)
-        self.train = [s for s in train if s["question"] not in seen]
+                self.eval_where.append(where)
+        kept = [(where, s) for where, s in train if identity(s) not in seen]
+        self.train = [s for _, s in kept]
+        self.train_where = [where for where, _ in kept]
         self.excluded = len(train) - len(self.train)
         if not self.train:
             raise ConfigError(
@@ -70,3 +87,40 @@ class TaskPrompts:
             out.append(self.train[self._order[self._cursor]])
             self._cursor += 1
         return out
+
+
+def check_prompt_lengths(data: TaskPrompts, tokenizer, max_new_tokens: int, max_model_len: int,
+                         shown: int = 5) -> None:
+    """Every train and eval prompt, chat-templated as the engines get it, plus `max_new_tokens`
+    must fit the engines' context `max_model_len`; else a DatasetError naming the rows (file and
+    line, or task sample) and the keys to change. Checked when the data loads, so a too-long
+    prompt never reaches an engine. Only prompts whose rendered text has more UTF-8 bytes than
+    the room are tokenized (a token covers at least one byte), so long datasets check fast."""
+    from parkrl.models import chat_prompt_ids
+
+    room = max_model_len - max_new_tokens
+    over: list[tuple[str, int]] = []
+    for samples, wheres in ((data.train, data.train_where), (data.eval, data.eval_where)):
+        if not samples:
+            continue
+        try:
+            texts = tokenizer.apply_chat_template([s["messages"] for s in samples], add_generation_prompt=True,
+                                                  tokenize=False)
+        except ValueError as e:  # e.g. a base model without a chat template
+            raise ConfigError(f"model.path: its tokenizer cannot format chat prompts ({e}); parkrl sends prompts as "
+                              f"chat messages, so use an instruct/chat model or add a chat template") from None
+        for where, sample, text in zip(wheres, samples, texts):
+            if len(text.encode("utf-8")) + 1 > room:
+                n = len(chat_prompt_ids(tokenizer, sample["messages"]))
+                if n > room:
+                    over.append((where, n))
+    if over:
+        lines = "\n  - ".join(f"{where}: {n} prompt tokens" for where, n in over[:shown])
+        more = f"\n  ... {len(over) - shown} more" if len(over) > shown else ""
+        raise DatasetError(
+            f"{len(over)} prompt(s) do not fit the engine's context: prompt tokens (chat-templated) + "
+            f"rollout.max_new_tokens={max_new_tokens} must be <= rollout.max_model_len={max_model_len}, so at most "
+            f"{room} prompt tokens:\n  - {lines}{more}\n"
+            f"Shorten or drop those rows, raise rollout.max_model_len (engine memory: rollout.kv_cache_gib), "
+            f"or lower rollout.max_new_tokens"
+        )

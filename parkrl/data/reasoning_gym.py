@@ -4,10 +4,19 @@ from __future__ import annotations
 from typing import Any
 
 from parkrl.config import ConfigError
+from parkrl.data.terminal_tasks import terminal_task_samples
+
+OWN_TASKS = {"terminal_files": terminal_task_samples}
 
 
 def task_samples(task: str, task_args: dict, seed: int, size: int, system_prompt: str) -> list[dict[str, Any]]:
-    """`size` samples {"question", "answer", "entry", "messages"} of reasoning-gym task `task`."""
+    """`size` samples {"question", "answer", "entry", "messages"} of reasoning-gym task `task`, or of
+    one of parkrl's own tasks (`terminal_files`: parkrl.data.terminal_tasks)."""
+    if task in OWN_TASKS:
+        try:
+            return OWN_TASKS[task](seed, size, system_prompt, **task_args)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"data.task={task!r} with data.task_args={task_args}: {e}") from e
     import reasoning_gym
 
     try:

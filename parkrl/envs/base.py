@@ -43,9 +43,14 @@ class Environment:
     """
 
     stop: tuple[str, ...] = ()  # strings that end an assistant turn (kept in it), e.g. a tool call's closing tag
+    uses_sandbox: bool = False  # True if it needs the sandbox service (checked before step 1)
 
     def reset(self, sample: dict[str, Any]) -> list[dict[str, str]]:
         raise NotImplementedError
 
     def step(self, assistant_text: str) -> StepResult:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the episode holds (a sandbox session, a browser, a connection). Called
+        once when the episode ends, also after an error, a timeout or an abort."""

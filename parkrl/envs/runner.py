@@ -5,16 +5,24 @@ Each episode alternates assistant turns (sampled by the engine) and environment 
 environment's answer goes straight back to the engine, so one slow episode (a long tool call)
 never holds up the others. Tokens are only ever appended: assistant tokens are the sampled ids
 (loss mask 1), environment tokens are rendered by the chat template (loss mask 0).
+
+An environment's `step` that takes longer than `env.step_timeout_s` ends its own episode
+(finish reason "env_timeout", counted in `env/step_timeouts_mean`), and one that raises either
+stops the rollout with an error naming the class, sample and turn (`env.on_error=raise`) or ends
+only its episode ("env_error", `env/step_errors_mean`; `env.on_error=end_episode`). Every
+environment is closed (`Environment.close`) when its episode ends, and after an error or abort.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import sys
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from parkrl.engines.types import Completion, SamplingSpec
 from parkrl.envs.base import Environment, StepResult
 from parkrl.envs.turns import TurnTokens
-from parkrl.rollout.types import Completion, SamplingSpec
 
 SEED_STRIDE = 1009  # episode i's turn t samples with seed + i * SEED_STRIDE + t
 
@@ -25,6 +33,8 @@ class EpisodeLimits:
     max_total_tokens: int = 256  # response-side tokens per episode (assistant + environment)
     max_model_len: int = 1024  # prompt + response, the engine's context
     workers: int = 8  # threads running environment steps
+    step_timeout_s: float = 60.0  # an environment step running longer ends its episode
+    on_error: str = "raise"  # an environment step that raises: raise | end_episode
 
 
 @dataclass
@@ -38,7 +48,7 @@ class Episode:
     final_ids: list[int] = field(default_factory=list)  # the last assistant turn
     env_reward: float = 0.0
     turns: int = 0
-    finish_reason: str = ""  # done | max_turns | max_tokens
+    finish_reason: str = ""  # done | max_turns | max_tokens | env_timeout | env_error
     truncated: bool = False  # the last assistant turn was cut at its token budget
     info: dict[str, float] = field(default_factory=dict)
 
@@ -74,7 +84,8 @@ class _EpisodeLoop:
         self.spec = spec
         self.episodes = [Episode(prompt_ids(env.reset(s))) for env, s in zip(self.envs, samples)]
         self.in_engine: set[int] = set()
-        self.stepping: dict[cf.Future, tuple[int, Completion]] = {}
+        self.stepping: dict[cf.Future, tuple[int, Completion, float]] = {}  # (episode, its turn, deadline)
+        self.open_envs = set(range(len(self.envs)))
 
     def run(self) -> list[Episode]:
         pool = cf.ThreadPoolExecutor(self.limits.workers, thread_name_prefix="env")
@@ -90,16 +101,51 @@ class _EpisodeLoop:
                     for rid, completion in self.engine.poll():
                         self._assistant_turn(int(rid.split(":")[0]), completion, pool)
                 if self.stepping:
-                    done, _ = cf.wait(list(self.stepping), timeout=0 if self.in_engine else None,
-                                      return_when=cf.FIRST_COMPLETED)
+                    nearest = min(deadline for _, _, deadline in self.stepping.values())
+                    wait_s = 0 if self.in_engine else max(0.0, nearest - time.monotonic())
+                    done, _ = cf.wait(list(self.stepping), timeout=wait_s, return_when=cf.FIRST_COMPLETED)
                     for future in done:
-                        i, c = self.stepping.pop(future)
+                        i, c, _ = self.stepping.pop(future)
                         self._environment_turn(i, c, future)
+                    self._end_overdue_steps()
         finally:  # on an error leave nothing running: requests in the engine, queued environment steps
             if self.in_engine:
                 self.engine.abort([self._request_id(i) for i in self.in_engine])
             pool.shutdown(wait=False, cancel_futures=True)
+            for i in sorted(self.open_envs):
+                self._close(i)
         return self.episodes
+
+    def _end_overdue_steps(self) -> None:
+        """End the episodes whose environment step ran past `env.step_timeout_s` (its thread
+        cannot be stopped; its answer, if it ever comes, is dropped)."""
+        now = time.monotonic()
+        for future, (i, _, deadline) in list(self.stepping.items()):
+            if now >= deadline and not future.done():
+                del self.stepping[future]
+                future.cancel()
+                self._end(i, "env_timeout", "step_timeouts",
+                          f"did not return within env.step_timeout_s={self.limits.step_timeout_s:g}")
+
+    def _end(self, i: int, reason: str, counter: str, what: str) -> None:
+        """End episode i early because of its environment, say so on stderr (the run's log) and count it."""
+        ep = self.episodes[i]
+        ep.finish_reason = reason
+        ep.info[counter] = ep.info.get(counter, 0.0) + 1.0
+        print(f"[parkrl] warning: {type(self.envs[i]).__name__}.step of sample {self.offset + i} (turn {ep.turns}) "
+              f"{what}; that episode ends ({reason})", file=sys.stderr, flush=True)
+        self._close(i)
+
+    def _close(self, i: int) -> None:
+        """Close episode i's environment once; a failing close is reported, never raised."""
+        if i not in self.open_envs:
+            return
+        self.open_envs.discard(i)
+        try:
+            self.envs[i].close()
+        except Exception as e:  # noqa: BLE001 - the episode is over either way
+            print(f"[parkrl] warning: {type(self.envs[i]).__name__}.close of sample {self.offset + i} raised "
+                  f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
     def _request_id(self, i: int) -> str:
         return f"{i}:{self.episodes[i].turns}"  # one id per turn: never reused while vLLM may still hold it
@@ -121,7 +167,7 @@ class _EpisodeLoop:
         ep.logprobs += c.logprobs if c.logprobs else [0.0] * len(c.token_ids)
         ep.final_ids, ep.turns, ep.truncated = list(c.token_ids), ep.turns + 1, c.finish_reason == "length"
         text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
-        self.stepping[pool.submit(self.envs[i].step, text)] = (i, c)
+        self.stepping[pool.submit(self.envs[i].step, text)] = (i, c, time.monotonic() + self.limits.step_timeout_s)
 
     def _environment_turn(self, i: int, c: Completion, future: cf.Future) -> None:
         """Record the environment's answer; end the episode or queue its next assistant turn."""
@@ -129,17 +175,19 @@ class _EpisodeLoop:
         try:
             result: StepResult = future.result()
         except Exception as e:
-            raise RuntimeError(f"environment step of sample {self.offset + i} (turn {ep.turns}) raised: "
-                               f"{type(e).__name__}: {e}") from e
+            if limits.on_error == "end_episode":
+                self._end(i, "env_error", "step_errors", f"raised {type(e).__name__}: {e}")
+                return
+            raise RuntimeError(f"{type(self.envs[i]).__name__}.step of sample {self.offset + i} (turn {ep.turns}) "
+                               f"raised {type(e).__name__}: {e}; fix the environment, or set "
+                               f"env.on_error=end_episode to end only that episode") from e
         ep.env_reward += float(result.reward)
         for key, value in result.info.items():
             if isinstance(value, (int, float)):
                 ep.info[key] = ep.info.get(key, 0.0) + float(value)
-        if result.done:
-            ep.finish_reason = "done"
-            return
-        if ep.turns >= limits.max_turns:
-            ep.finish_reason = "max_turns"
+        if result.done or ep.turns >= limits.max_turns:
+            ep.finish_reason = "done" if result.done else "max_turns"
+            self._close(i)
             return
         ended_with_eos = bool(c.token_ids) and c.token_ids[-1] == self.turns.eos_id
         obs = self.turns.observation_ids(result.observation, ended_with_eos)
@@ -148,6 +196,7 @@ class _EpisodeLoop:
                      limits.max_model_len - len(ep.prompt_ids) - used)
         if budget <= 0:
             ep.finish_reason = "max_tokens"
+            self._close(i)
             return
         ep.response_ids += obs
         ep.loss_mask += [0] * len(obs)

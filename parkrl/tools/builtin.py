@@ -1,12 +1,13 @@
-"""The built-in tools: `calculator` and `python` (code run in the sandbox)."""
+"""The built-in tools by name: `calculator` (here), and `python`, `terminal` and `think`
+(parkrl.tools.sandboxed: through the sandbox service)."""
 from __future__ import annotations
 
 import ast
 import math
 import operator
 
-from parkrl.sandbox import SandboxLimits, run_python
 from parkrl.tools.base import Tool
+from parkrl.tools.sandboxed import PythonTool, TerminalTool, ThinkTool
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
@@ -56,18 +57,5 @@ class Calculator(Tool):
         raise ValueError(f"unsupported expression: {ast.unparse(node)}")
 
 
-class PythonTool(Tool):
-    """Runs Python code in the sandbox (parkrl.sandbox) and returns its output."""
-
-    name = "python"
-    description = "Run Python code and return what it prints."
-    parameters = {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}
-
-    def __init__(self, cpu_s: int = 5, wall_s: float = 10.0, memory_mb: int = 1024, output_chars: int = 1000) -> None:
-        self.limits = SandboxLimits(cpu_s=cpu_s, wall_s=wall_s, memory_mb=memory_mb, output_chars=output_chars)
-
-    def __call__(self, code: str) -> str:
-        return run_python(str(code), self.limits).observation()
-
-
-BUILTIN_TOOLS: dict[str, type[Tool]] = {"calculator": Calculator, "python": PythonTool}
+BUILTIN_TOOLS: dict[str, type[Tool]] = {"calculator": Calculator, "python": PythonTool, "terminal": TerminalTool,
+                                        "think": ThinkTool}
