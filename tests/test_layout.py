@@ -88,3 +88,15 @@ def test_workers_import_nothing_from_the_controller_side():
     reaching_back = {m: sorted(t for t in targets if t.startswith(CONTROLLER_SIDE))
                      for m, targets in graph.items() if m.startswith("parkrl.workers")}
     assert {m: t for m, t in reaching_back.items() if t} == {}
+
+
+def test_services_are_packages_of_their_own():
+    """The sandbox server and the gateway run without the trainer: they import only each other's
+    protocol and client, never parkrl's training code (their imports point down)."""
+    graph = import_graph()
+    services = ("parkrl.sandbox", "parkrl.gateway")
+    outside = {m: sorted(t for t in targets if not t.startswith(services))
+               for m, targets in graph.items() if m.startswith(services)}
+    assert {m: t for m, t in outside.items() if t} == {}
+    assert not any(t.startswith("parkrl.gateway") for m, ts in graph.items() if m.startswith("parkrl.sandbox")
+                   for t in ts)  # the server knows nothing of the gateway in front of it
