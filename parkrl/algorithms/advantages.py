@@ -29,12 +29,11 @@ LEVELS = ("outcome", "token")
 
 
 class EstimatorRegistry(Registry):
-    """A Registry whose entries also declare their level ("outcome" or "token")."""
+    """A Registry whose entries also declare their level ("outcome" or "token") and whether they
+    need groups of samples per prompt."""
 
     def __init__(self, kind: str, config_key: str) -> None:
-        super().__init__(kind, config_key)
-        self._levels: dict[str, str] = {}
-        self._needs_groups: set[str] = set()
+        super().__init__(kind, config_key, traits={"level": "outcome", "needs_groups": False})
 
     def register(self, name: str, level: str = "outcome", needs_groups: bool = False) -> Callable[[F], F]:
         """Decorator that registers an estimator under `name`, of level "outcome" (per sample)
@@ -42,21 +41,11 @@ class EstimatorRegistry(Registry):
         from comparing the samples of one prompt, so it needs `rollout.n >= 2` (checked)."""
         if level not in LEVELS:
             raise ValueError(f"advantage estimator {name!r}: level must be one of {LEVELS}, got {level!r}")
-        add = super().register(name)
-
-        def add_with_level(fn: F) -> F:
-            add(fn)
-            self._levels[name] = level
-            if needs_groups:
-                self._needs_groups.add(name)
-            return fn
-
-        return add_with_level
+        return super().register(name, level=level, needs_groups=needs_groups)
 
     def level(self, name: str) -> str:
         """The estimator's level, "outcome" or "token"; an unknown name fails listing what is registered."""
-        self.get(name)
-        return self._levels[name]
+        return self.trait(name, "level")
 
     def uses_critic(self, name: str) -> bool:
         """Token-level estimators take the critic's values: choosing one builds a critic."""
@@ -64,12 +53,11 @@ class EstimatorRegistry(Registry):
 
     def needs_groups(self, name: str) -> bool:
         """Whether the estimator needs groups of >= 2 samples per prompt (`rollout.n >= 2`)."""
-        self.get(name)
-        return name in self._needs_groups
+        return self.trait(name, "needs_groups")
 
     def group_estimators(self) -> tuple[str, ...]:
         """Names of the estimators registered with `needs_groups=True`."""
-        return tuple(sorted(self._needs_groups))
+        return self.names_with("needs_groups")
 
 
 ADVANTAGES = EstimatorRegistry("advantage estimator", "algorithm.advantage")

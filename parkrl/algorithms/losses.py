@@ -26,29 +26,14 @@ F = TypeVar("F", bound=Callable)
 
 class PolicyLossRegistry(Registry):
     """A Registry of policy losses; each declares whether it can have a gradient on samples
-    whose advantage is 0 (the learner computes those only for such a loss)."""
+    whose advantage is 0 (`register(name, needs_zero_advantage_rows=True)`: the learner then
+    computes those samples too)."""
 
     def __init__(self, kind: str, config_key: str) -> None:
-        super().__init__(kind, config_key)
-        self._zero_advantage: set[str] = set()
-
-    def register(self, name: str, needs_zero_advantage_rows: bool = False) -> Callable[[F], F]:
-        """Decorator that registers a loss under `name`. `needs_zero_advantage_rows=True`: the
-        loss can have a gradient where the advantage is 0, so the learner must not skip such
-        samples (by default it does: `learner/skipped_samples`)."""
-        add = super().register(name)
-
-        def add_with_flag(fn: F) -> F:
-            add(fn)
-            if needs_zero_advantage_rows:
-                self._zero_advantage.add(name)
-            return fn
-
-        return add_with_flag
+        super().__init__(kind, config_key, traits={"needs_zero_advantage_rows": False})
 
     def needs_zero_advantage_rows(self, name: str) -> bool:
-        self.get(name)
-        return name in self._zero_advantage
+        return self.trait(name, "needs_zero_advantage_rows")
 
 
 POLICY_LOSSES = PolicyLossRegistry("policy loss", "algorithm.policy_loss")
