@@ -19,6 +19,7 @@ from parkrl.data import TaskPrompts
 from parkrl.engines import SamplingSpec
 from parkrl.models import chat_prompt_ids
 from parkrl.rewards import RewardFunction
+from parkrl.runs.errors import RewardError
 from parkrl.runs.metrics import PhaseTimer
 
 
@@ -202,7 +203,7 @@ def score(reward_fn: RewardFunction, tokenizer, response_ids: list[list[int]],
                 rewards += list(reward_fn([text], [sample["messages"]], [sample]))
             except Exception as e:
                 if on_error != "zero":
-                    raise RuntimeError(
+                    raise RewardError(
                         f"reward function {name} raised on completion {i} of {len(texts)} {text[:200]!r} "
                         f"(question {str(sample.get('question'))[:200]!r}): {type(e).__name__}: {e}. "
                         f"Fix the reward, or set reward.on_error=zero to score such completions 0"
@@ -210,12 +211,12 @@ def score(reward_fn: RewardFunction, tokenizer, response_ids: list[list[int]],
                 rewards.append(0.0)
                 errors += 1
         if errors == 0 and on_error != "zero":  # only the batch call failed: report that
-            raise RuntimeError(f"reward function {name} raised on a batch of {len(texts)}: {batch_error}") from batch_error
+            raise RewardError(f"reward function {name} raised on a batch of {len(texts)}: {batch_error}") from batch_error
     if len(rewards) != len(texts):
-        raise ValueError(f"reward function {name} returned {len(rewards)} rewards for {len(texts)} completions")
+        raise RewardError(f"reward function {name} returned {len(rewards)} rewards for {len(texts)} completions")
     bad = [i for i, v in enumerate(rewards) if not math.isfinite(float(v))]
     if bad:
-        raise ValueError(f"reward function {name} returned non-finite rewards for completions {bad[:5]}")
+        raise RewardError(f"reward function {name} returned non-finite rewards for completions {bad[:5]}")
     return [float(v) for v in rewards], errors
 
 

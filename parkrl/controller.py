@@ -133,7 +133,7 @@ def train(cfg: Config) -> Path:
                 e.add_note(_failure_hint(e, cfg, out, phase))
                 raise
             except Exception as e:
-                if raised_in(e, user_modules) or str(e).startswith("reward function "):
+                if raised_in(e, user_modules) and not isinstance(e, RunError):
                     raise RunError(f"{e}") from e  # the user's reward or plugin code raised: no rerun gets past it
                 raise
             finally:

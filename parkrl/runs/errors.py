@@ -26,6 +26,10 @@ class RunError(RuntimeError):
     NaN/inf losses): running it again unchanged fails the same way. The message names the fix."""
 
 
+class RewardError(RunError, ValueError):
+    """The run's reward function raised, or returned the wrong number of rewards or non-finite ones."""
+
+
 def exit_code(error: BaseException) -> int:
     """The exit code of the CLI for a run that ended with `error`."""
     from parkrl.config import ConfigError
