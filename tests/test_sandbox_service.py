@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -225,9 +226,17 @@ def test_the_tools_reconnect_after_a_gateway_restart(tmp_path):
         env.reset({"question": "q"})
         assert env.step("<terminal>cd /tmp; export KEPT=1; echo ok</terminal>").observation[0]["content"] == "ok"
         old_pid = svc.gateway.call("pid")[0]
+        svc.gateway.call("shutdown")  # the gateway is down while the next tool call starts
+        result: list = []
+        t0 = time.monotonic()
+        call = threading.Thread(target=lambda: result.append(env.step("<terminal>pwd; echo $KEPT</terminal>")))
+        call.start()
+        time.sleep(1.5)
+        assert call.is_alive()  # still retrying the refused connection
         assert svc.gateway.call("restart")[0] == svc.url  # same port, same secret
-        assert svc.gateway.call("pid")[0] != old_pid
-        r = env.step("<terminal>pwd; echo $KEPT</terminal>").observation[0]["content"]
+        call.join(30)
+        assert svc.gateway.call("pid")[0] != old_pid and time.monotonic() - t0 >= 1.5
+        r = result[0].observation[0]["content"]
         assert r == "/tmp\n1", r  # the same session, through the new gateway
         env.close()
     finally:

@@ -13,10 +13,10 @@ import json
 import logging
 import struct
 import time
-from dataclasses import dataclass
 
 from .config import SandboxLimits
 from .isolation import Isolation, SandboxProcess, explain_start_failure
+from .protocol import ExecResponse
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +37,6 @@ class SandboxBroken(SessionError):
 
     def __init__(self, message: str):
         super().__init__("broken", message)
-
-
-@dataclass
-class ExecResult:
-    """What one command did (the body of POST /v1/sessions/{sid}/exec)."""
-
-    exit_code: int | None
-    stdout: str
-    stderr: str
-    timed_out: bool
-    truncated: bool
-    duration_s: float
 
 
 class Session:
@@ -145,7 +133,7 @@ class Session:
         await self.sandbox.kill()
 
     async def exec(self, command: str, timeout_s: float, stdin: bytes | None = None,
-                   memory_mb: int | None = None) -> ExecResult:
+                   memory_mb: int | None = None) -> ExecResponse:
         """Run `command` in the session's shell; on the deadline, everything it started is killed."""
         req: dict = {"op": "exec", "command": command, "timeout": timeout_s, "cap": self.limits.output_cap_bytes}
         if stdin:
@@ -153,8 +141,10 @@ class Session:
         if memory_mb:
             req["limits"] = {"memory_mb": int(memory_mb)}
         r = await self._call(req, timeout_s + KILL_GRACE_S)
-        return ExecResult(exit_code=r["exit_code"], stdout=r["stdout"], stderr=r["stderr"], timed_out=r["timed_out"],
-                          truncated=r["truncated"], duration_s=r["duration_s"])
+        # not validated here (the hot path): the app checks the types before it answers
+        return ExecResponse.model_construct(exit_code=r["exit_code"], stdout=r["stdout"], stderr=r["stderr"],
+                                            timed_out=r["timed_out"], truncated=r["truncated"],
+                                            duration_s=r["duration_s"])
 
     async def write_file(self, path: str, data: bytes) -> int:
         """Write `data` to `path` in the workspace (parents created); returns the byte count."""

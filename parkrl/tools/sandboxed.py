@@ -29,6 +29,7 @@ from parkrl.sandbox.protocol import ExecResponse
 from parkrl.tools.base import Tool
 
 T = TypeVar("T")
+logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO: thousands per step
 
 
 @dataclass
@@ -58,7 +59,6 @@ def endpoint_for(url: str, token_file: str, call_timeout_s: float = 30.0, on_ser
 def verify(endpoint: SandboxEndpoint, timeout_s: float = 10.0) -> dict:
     """Check before a run starts that the service answers and takes the token; returns its health.
     Errors name the URL: unreachable, not a parkrl sandbox service, or a rejected token."""
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     with SandboxClient(endpoint.url, endpoint.token, timeout_s) as client:
         try:
             health = client.health()
@@ -83,7 +83,6 @@ _lock = threading.Lock()
 def connect(endpoint: SandboxEndpoint | None) -> None:
     """Point this process's sandbox tools at `endpoint` (None: disconnect)."""
     global _endpoint, _client
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO: thousands per step
     with _lock:
         if _client is not None:
             _client.close()
@@ -102,17 +101,22 @@ def shared_client() -> tuple[SandboxClient, SandboxEndpoint]:
         return _client, _endpoint
 
 
-def reconnecting(call: Callable[[], T], endpoint: SandboxEndpoint) -> T:
-    """`call()`, retried while the service refuses connections (a gateway restarting), for up to
-    `busy_wait_s`. Only refused connections are retried: the request never reached the service."""
+def retrying(call: Callable[[], T], endpoint: SandboxEndpoint) -> T:
+    """`call()`, retried for up to `busy_wait_s` while the service refuses connections (a gateway
+    restarting: the request never reached it) or answers 429 (a full fleet: waiting as told)."""
     deadline = time.monotonic() + endpoint.busy_wait_s
     while True:
         try:
             return call()
+        except SandboxBusy as e:
+            wait = e.retry_after
+            if time.monotonic() + wait > deadline:
+                raise SandboxError(f"{e} (still full after sandbox.busy_wait_s={endpoint.busy_wait_s})") from e
         except SandboxError as e:
+            wait = 0.25
             if not isinstance(e.__cause__, httpx.ConnectError) or time.monotonic() > deadline:
                 raise
-            time.sleep(0.25)
+        time.sleep(wait)
 
 
 class EpisodeSandbox:
@@ -125,15 +129,7 @@ class EpisodeSandbox:
 
     def _open(self) -> str:
         client, endpoint = shared_client()
-        deadline = time.monotonic() + endpoint.busy_wait_s
-        while True:
-            try:
-                sid = reconnecting(client.create_session, endpoint)
-                break
-            except SandboxBusy as e:  # a full fleet answers at once; wait as told, within a bound
-                if time.monotonic() + e.retry_after > deadline:
-                    raise SandboxError(f"{e} (still full after sandbox.busy_wait_s={endpoint.busy_wait_s})") from e
-                time.sleep(e.retry_after)
+        sid = retrying(client.create_session, endpoint)
         self.session_id = sid
         if self.setup is not None:
             self.setup(self, sid)
@@ -149,7 +145,7 @@ class EpisodeSandbox:
         client, endpoint = shared_client()
         sid = self.session()
         try:
-            return reconnecting(lambda: client.exec(sid, command, timeout_s), endpoint)
+            return retrying(lambda: client.exec(sid, command, timeout_s), endpoint)
         except SandboxError as e:
             if endpoint.on_server_lost != "retry" or not _session_lost(e):
                 raise
@@ -159,7 +155,7 @@ class EpisodeSandbox:
     def write_file(self, path: str, content: str | bytes) -> None:
         client, endpoint = shared_client()
         sid = self.session()
-        reconnecting(lambda: client.write_file(sid, path, content), endpoint)
+        retrying(lambda: client.write_file(sid, path, content), endpoint)
 
     def close(self) -> None:
         """Close the session if one was opened (errors are ignored: the server reaps idle ones)."""
@@ -229,7 +225,7 @@ class PythonTool(Tool):
 
     def __call__(self, code: str) -> str:
         client, endpoint = shared_client()
-        r = reconnecting(lambda: client.run_code(str(code), "python", run_timeout=self.timeout_s,
+        r = retrying(lambda: client.run_code(str(code), "python", run_timeout=self.timeout_s,
                                                  memory_limit_MB=self.memory_mb), endpoint)
         run = r.run_result
         if r.status == "SandboxError" or run is None:

@@ -45,10 +45,10 @@ class ServiceProcess:
         """Start the service on `bind_host` and `port` (0: a free one); returns its URL once it listens."""
         self._how = (module, args, bind_host, start_timeout_s)
         fd, self.log_path = tempfile.mkstemp(prefix=f"parkrl-{self.name}-", suffix=".log")
-        log = os.fdopen(fd, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--host", bind_host, "--port", str(port), *args],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+        with os.fdopen(fd, "w") as log:  # the child has its own copy
+            self.proc = subprocess.Popen([sys.executable, "-m", module, "--host", bind_host, "--port", str(port),
+                                          *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline:
             text = Path(self.log_path).read_text(errors="replace")
