@@ -9,16 +9,16 @@ import sys
 import ray
 import torch
 from ray.cluster_utils import Cluster
+from test_integration import tiny_config
 
 from parkrl.algorithms import ADVANTAGES
 from parkrl.collect import generate_single_turn
 from parkrl.data import TaskPrompts
-from parkrl.models import load_tokenizer
 from parkrl.engines import SamplingSpec
+from parkrl.models import load_tokenizer
 from parkrl.step import logprob_diff
 from parkrl.workers.cluster import worker_env
 from parkrl.workers.fleet import Fleet
-from test_integration import tiny_config
 
 
 def main(model_dir: str, out_dir: str) -> None:

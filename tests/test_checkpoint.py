@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from parkrl.runs import checkpoint
 from parkrl.config import Config, ConfigError, DataConfig
 from parkrl.data import TaskPrompts
+from parkrl.runs import checkpoint
 
 TESTS = Path(__file__).parent
 # Compared between the uninterrupted and the resumed run: rollouts (rewards, lengths) and the
@@ -169,8 +169,9 @@ def test_ppo_resume_on_two_learner_ranks_with_critic_and_epochs_is_exact(tiny_mo
                                                                           backend, zero_stage):
     """Sharded resume (2 FSDP2 or ZeRO-3 ranks) of everything PPO trains: policy, critic, both
     optimizers, the epoch shuffling counter; with a reference model and KL in the reward."""
-    from parkrl.controller import train
     from test_integration import read_metrics, tiny_config
+
+    from parkrl.controller import train
 
     def ppo(out, steps):
         cfg = tiny_config(tiny_model_dir, str(out), trainer__total_steps=steps, trainer__save_every=2,

@@ -5,9 +5,9 @@ import torch
 from parkrl.batch import TrajectoryBatch
 from parkrl.collect import collect_batch, overlong_shaped, split_by_signal
 from parkrl.config import AlgorithmConfig, Config
-from parkrl.runs.metrics import PhaseTimer
-from parkrl.rewards import RewardFunction
 from parkrl.engines import Completion
+from parkrl.rewards import RewardFunction
+from parkrl.runs.metrics import PhaseTimer
 
 
 def rows(lengths, groups, scores=None, rewards=None, task_scores=None) -> TrajectoryBatch:

@@ -11,9 +11,9 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_learner import _update_twice, zero_advantage_batch
 
 from parkrl.config import Config
-from test_learner import _update_twice, zero_advantage_batch
 
 pytestmark = pytest.mark.integration
 
@@ -90,10 +90,10 @@ def test_ranks_skip_zero_advantage_samples_unevenly_and_match_one_rank(tiny_mode
 
 
 def test_zero2_run_through_ray_syncs_to_vllm_and_saves_an_hf_model(tiny_model_dir, tmp_path, ray_session):
+    from test_integration import SYNC_OK, read_metrics, tiny_config
     from transformers import AutoModelForCausalLM
 
     from parkrl.controller import train
-    from test_integration import SYNC_OK, read_metrics, tiny_config
 
     cfg = tiny_config(tiny_model_dir, str(tmp_path / "run"), learner__backend="deepspeed", learner__zero_stage=2,
                       algorithm__kl_coef=0.05, algorithm__kl_in="loss", trainer__eval_every=0)

@@ -8,9 +8,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import repo_root
 from hydra import compose, initialize_config_dir
 
-from conftest import repo_root
 from parkrl.algorithms import registered_names
 from parkrl.config import validate
 from parkrl.train import CONF_DIR, to_config

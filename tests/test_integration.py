@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from parkrl.algorithms import ADVANTAGES
-from parkrl.config import Config
 from parkrl.collect import generate_single_turn, score
+from parkrl.config import Config
 from parkrl.controller import train
-from parkrl.step import logprob_diff
-from parkrl.models import load_tokenizer
 from parkrl.data import TaskPrompts
-from parkrl.rewards import load_reward
 from parkrl.engines import SamplingSpec
+from parkrl.models import load_tokenizer
+from parkrl.rewards import load_reward
+from parkrl.step import logprob_diff
 
 pytestmark = pytest.mark.integration
 SYNC_OK = 1e-3

@@ -20,10 +20,10 @@ def test_merge_by_hand():
 @pytest.mark.parametrize("runtime, backend, ranks", [("local", "hf", 1), ("ray", "vllm", 2)])
 def test_lora_run_trains_adapters_only_and_syncs_merged_weights(tiny_model_dir, tmp_path, runtime, backend, ranks,
                                                                 request):
+    from test_integration import SYNC_OK, read_metrics, tiny_config
     from transformers import AutoModelForCausalLM
 
     from parkrl.controller import train
-    from test_integration import SYNC_OK, read_metrics, tiny_config
 
     if runtime == "ray":
         request.getfixturevalue("ray_session")

@@ -1,10 +1,10 @@
 """Micro-batch planning by token budget, and that samples batched together do not see each other."""
 import pytest
 import torch
-
-from parkrl.workers.microbatch import padded_tokens, plan_micro_batches, split_to_count
-from parkrl.models.response import ResponseLogprobs, pad_samples
 from test_response import ragged
+
+from parkrl.models.response import ResponseLogprobs, pad_samples
+from parkrl.workers.microbatch import padded_tokens, plan_micro_batches, split_to_count
 
 
 def test_token_budget_plan_by_hand():

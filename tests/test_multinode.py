@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from test_integration import SYNC_OK
 
 pytestmark = pytest.mark.integration

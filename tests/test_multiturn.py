@@ -6,10 +6,10 @@ import time
 
 import pytest
 
+from parkrl.engines import Completion
 from parkrl.envs import Environment, EpisodeLimits, StepResult, ToolEnvironment, run_episodes
 from parkrl.envs.turns import TurnTokens
 from parkrl.models import load_tokenizer
-from parkrl.engines import Completion
 from parkrl.tools import Calculator, ToolCall, ToolCallError, find_tool_calls, run_tool_call
 
 
@@ -119,8 +119,8 @@ class TwoTurns(Environment):
 
 
 def run(tok, engine, env_factory, n, **limits):
-    from parkrl.models import chat_prompt_ids
     from parkrl.engines import SamplingSpec
+    from parkrl.models import chat_prompt_ids
 
     spec = SamplingSpec(n=1, max_new_tokens=16, temperature=1.0)
     return run_episodes(engine, env_factory, [{"question": f"q{i}"} for i in range(n)], spec, tok,
@@ -225,8 +225,9 @@ def test_a_raising_environment_stops_the_rollout_or_ends_its_episode_as_configur
 @pytest.mark.parametrize("runtime, backend", [("local", "hf"), ("ray", "vllm")])
 def test_multiturn_training_step_keeps_engine_and_learner_logprobs_aligned(tiny_model_dir, tmp_path, runtime, backend,
                                                                            request):
-    from parkrl.controller import train
     from test_integration import SYNC_OK, read_metrics, tiny_config
+
+    from parkrl.controller import train
 
     if runtime == "ray":
         request.getfixturevalue("ray_session")

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from parkrl.runs.metrics import LogprobDiffRange, MetricsWriter, progress_line
 from parkrl.plot import main as plot_main
+from parkrl.runs.metrics import LogprobDiffRange, MetricsWriter, progress_line
 
 
 def test_metrics_writer_continues_after_the_resumed_step(tmp_path):
@@ -108,8 +108,9 @@ def test_plot_names_the_missing_file(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_same_seed_gives_the_same_metrics(tiny_model_dir, tmp_path):
-    from parkrl.controller import train
     from test_integration import read_metrics, tiny_config
+
+    from parkrl.controller import train
 
     runs = []
     for name in ("a", "b"):

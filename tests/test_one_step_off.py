@@ -22,10 +22,11 @@ def test_truncated_is_weights_by_hand():
 
 @pytest.mark.integration
 def test_one_step_off_run_trains_on_the_previous_weights_batch(tiny_model_dir, tmp_path, ray_session):
-    from parkrl.runs import checkpoint
+    from test_integration import SYNC_OK, read_metrics, tiny_config
+
     from parkrl.controller import train
     from parkrl.data import TaskPrompts
-    from test_integration import SYNC_OK, read_metrics, tiny_config
+    from parkrl.runs import checkpoint
 
     cfg = tiny_config(tiny_model_dir, str(tmp_path / "run"), rollout__one_step_off=True, trainer__total_steps=4,
                       trainer__eval_every=2, trainer__save_every=2, trainer__save_final=False)
