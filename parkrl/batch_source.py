@@ -3,7 +3,7 @@
 
 One step off, step k trains on a batch the engines generated with the weights of step k-2
 while the learner holds those of step k-1 (a policy lag of one update; step 1 has none). The
-learner corrects for it with truncated importance sampling (`algorithm.rollout_is_cap`). The
+learner corrects for it by importance sampling (`algorithm.rollout_correction`: `auto` is TIS). The
 engines take new weights only between generations: the sync at the end of step k waits for the
 batch of step k+1 to be complete.
 

@@ -33,13 +33,25 @@ class DataConfig:
     eval_seed: int = 2
     eval_size: int = 100
     system_prompt: str = "Answer with only the final number."
-    # Your own prompts instead of data.task: JSONL files, one {"question", "answer"} object per
-    # line ("messages" may replace "question"). eval_file is the held-out set that
-    # trainer.eval_every evaluates on: needed with train_file unless trainer.eval_every=0. Score
-    # them with a reward that reads sample["answer"], e.g. parkrl.rewards.MatchAnswerReward.
+    # Your own prompts instead of data.task (docs/data.md): a JSONL, Parquet, CSV or Arrow file,
+    # or a directory of them, a {"question", "answer"} row each ("messages" may replace
+    # "question"). eval_file is the held-out set that trainer.eval_every evaluates on: needed
+    # with train_file unless trainer.eval_every=0; it may also name a packaged data set
+    # (gsm8k-test-100: 100 real GSM8K test problems). Score them with a reward that reads
+    # sample["answer"], e.g. parkrl.rewards.MatchAnswerReward or MathVerifyReward.
     # Every prompt (chat-templated) + rollout.max_new_tokens must fit rollout.max_model_len.
     train_file: str = ""
     eval_file: str = ""
+    # The fields of a row holding the prompt text (sent after system_prompt), the reference
+    # answer (sample["answer"]) and a chat list that replaces the prompt; "a.b" reads a nested field.
+    prompt_key: str = "question"
+    answer_key: str = "answer"
+    messages_key: str = "messages"
+    # Each file's rows are kept by `filter` ("level=easy", "level!=hard", "level in [1, 2]"),
+    # shuffled if `shuffle` (train_seed / eval_seed), then cut to the first max_rows (0 = all).
+    filter: str = ""
+    shuffle: bool = False
+    max_rows: int = 0
 
 
 @dataclass
@@ -51,8 +63,10 @@ class RolloutConfig:
     dtype: str = "auto"  # engine compute dtype: auto | float32 | bfloat16
     max_model_len: int = 1024  # the engine's context: prompt tokens + max_new_tokens must fit in it
     kv_cache_gib: float = 0.5  # vLLM KV cache size per engine
+    # vLLM tensor parallelism (GPU only): each engine takes this many GPUs, resources.rollout.gpus_per_worker each.
+    tensor_parallel_size: int = 1
     # Generate step k+1's batch while step k trains (a policy lag of one update, corrected by
-    # truncated importance sampling: algorithm.rollout_is_cap).
+    # importance sampling: algorithm.rollout_correction, whose auto is TIS here).
     one_step_off: bool = False
 
 
@@ -95,9 +109,18 @@ class AlgorithmConfig:
     dual_clip_c: float = 0.0  # > 1 enables dual clip for negative advantages (e.g. 3.0); 0 = off
     loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     entropy_coef: float = 0.0  # entropy bonus: loss -= entropy_coef * aggregated entropy
-    # rollout.one_step_off: each token's loss is weighted by pi_old / pi_rollout (the learner's
-    # policy over the one that generated it), truncated at this cap (TIS). 0 = no correction.
+    # Rollout correction: each token's loss is weighted by pi_old / pi_rollout, the learner's old
+    # policy over the engine's (which differ in bf16, and one step off): off | tis (token-level
+    # truncated IS at rollout_is_cap) | seq_tis (sequence-level) | mask (tokens whose ratio is
+    # outside [rollout_is_low, rollout_is_high] get weight 0, IcePop) | seq_mask (sequences by their
+    # geometric-mean ratio, MIS) | auto (tis when either side is bf16 or one step off, else off).
+    rollout_correction: str = "auto"
     rollout_is_cap: float = 2.0
+    rollout_is_low: float = 0.5
+    rollout_is_high: float = 2.0
+    # Whiten advantages over the batch's trained tokens; null = on for token-level estimators
+    # (GAE), as in verl and OpenRLHF, off for outcome ones (GRPO already normalises per group).
+    whiten_advantages: Optional[bool] = None
     # DAPO dynamic sampling: set aside groups whose rewards are all equal and draw more prompts,
     # at most this many generation rounds per step (set-aside groups fill any shortfall).
     dynamic_sampling: bool = False
@@ -247,6 +270,21 @@ class TrainerConfig:
 
 
 @dataclass
+class InferConfig:
+    # Batch inference without training (python -m parkrl.infer / parkrl.eval, docs/data.md): the
+    # rows of `input` (what data.train_file takes; "" = data.train_file for infer, data.eval_file
+    # for eval, else data.task's samples) get n completions each from rollout.*'s engine
+    # (model.path, resources.rollout.num_workers engines), are scored by reward.cls and written
+    # to the directory `output` as one shard file (parquet | jsonl) per batch_size input rows.
+    # A rerun with the same settings skips the shards already written.
+    input: str = ""
+    output: str = ""
+    format: str = "parquet"
+    batch_size: int = 64
+    n: int = 1
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -258,6 +296,7 @@ class Config:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
 
 
 def _choice(value: object, key: str, allowed: tuple, problems: list[str]) -> None:
@@ -269,9 +308,20 @@ _POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "ro
              "learner.mini_batches", "learner.epochs", "learner.micro_batch_size", "resources.learner.num_workers",
              "resources.rollout.num_workers", "trainer.worker_timeout_s", "trainer.sync_timeout_s",
              "data.eval_size", "data.train_size", "trainer.keep_checkpoints", "trainer.max_nonfinite_steps",
-             "env.max_turns", "env.max_total_tokens", "env.workers", "env.step_timeout_s")
-_NON_NEGATIVE = ("algorithm.rollout_is_cap", "learner.max_tokens_per_micro_batch", "learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
+             "env.max_turns", "env.max_total_tokens", "env.workers", "env.step_timeout_s",
+             "infer.batch_size", "infer.n")
+_NON_NEGATIVE = ("learner.max_tokens_per_micro_batch", "learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
                  "trainer.max_worker_restarts", "trainer.samples_per_step")
+
+
+def _check_rollout_correction(a: AlgorithmConfig, p: list[str]) -> None:
+    _choice(a.rollout_correction, "algorithm.rollout_correction", ("auto", "off", "tis", "seq_tis", "mask", "seq_mask"), p)
+    if a.rollout_is_cap < 1:
+        p.append(f"algorithm.rollout_is_cap={a.rollout_is_cap}: must be >= 1 (a cap below 1 would down-weight "
+                 f"every token); for no correction set algorithm.rollout_correction=off")
+    if not 0 <= a.rollout_is_low < 1 < a.rollout_is_high:
+        p.append(f"algorithm.rollout_is_low={a.rollout_is_low}, algorithm.rollout_is_high={a.rollout_is_high}: "
+                 f"need 0 <= rollout_is_low < 1 < rollout_is_high (the band of kept ratios around 1)")
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -299,14 +349,10 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     _choice(cfg.reward.on_error, "reward.on_error", ("raise", "zero"), p)
     _choice(cfg.env.on_error, "env.on_error", ("raise", "end_episode"), p)
     _check_sandbox(cfg, p)
+    _choice(cfg.infer.format, "infer.format", ("parquet", "jsonl"), p)
     for name in cfg.trainer.loggers:
         _choice(name, "trainer.loggers[]", ("tensorboard", "wandb"), p)
-    if cfg.data.eval_file and not cfg.data.train_file:
-        p.append(f"data.eval_file={cfg.data.eval_file!r} without data.train_file: with data.task={cfg.data.task!r} "
-                 f"the eval set comes from data.eval_seed and data.eval_size; give data.train_file too, or drop it")
-    if cfg.data.train_file and not cfg.data.eval_file and cfg.trainer.eval_every > 0:
-        p.append(f"data.eval_file: trainer.eval_every={cfg.trainer.eval_every} evaluates on a held-out file; give "
-                 f"data.eval_file, or set trainer.eval_every=0 to train on data.train_file without eval")
+    _check_data(cfg, p)
     if cfg.data.train_file and cfg.reward.cls == RewardConfig.cls and reward_is_called(cfg):
         p.append(f"reward.cls={cfg.reward.cls}: it scores reasoning-gym tasks; samples from data.train_file need "
                  f"a reward that reads sample['answer'], e.g. reward.cls=parkrl.rewards.MatchAnswerReward")
@@ -332,9 +378,7 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
             f"trainer.sync_timeout_s={cfg.trainer.sync_timeout_s} must be below trainer.worker_timeout_s="
             f"{cfg.trainer.worker_timeout_s}, so a failed sync is reported as itself, not as a hang"
         )
-    if 0 < cfg.algorithm.rollout_is_cap < 1:
-        p.append(f"algorithm.rollout_is_cap={cfg.algorithm.rollout_is_cap}: 0 (no correction) or >= 1 (a cap "
-                 f"below 1 would down-weight every token)")
+    _check_rollout_correction(cfg.algorithm, p)
     if cfg.learner.grad_clip <= 0:
         p.append(f"learner.grad_clip={cfg.learner.grad_clip}: must be > 0")
     if cfg.algorithm.dynamic_sampling_max_rounds < 1:
@@ -360,8 +404,32 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
             p.append(f"reward.models[{k}]: resources.num_workers, batch_size and max_length must be >= 1")
     _check_batch_sizes(cfg, p)
     _check_colocation(cfg, p)
+    _check_tensor_parallel(cfg, p)
+    _check_devices(cfg, p)
     if p:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(p))
+
+
+def _check_data(cfg: Config, p: list[str]) -> None:
+    d = cfg.data
+    if d.eval_file and not d.train_file:
+        recipe = "recipe=gsm8k " if d.eval_file == "gsm8k-test-100" else ""
+        p.append(f"data.train_file is not set, but data.eval_file={d.eval_file!r} is: a run on your own data trains "
+                 f"on a file you give on the command line, e.g.\n      python -m parkrl.train {recipe}"
+                 f"data.train_file=/path/to/train.parquet\n    (docs/data.md shows how to make one); or drop "
+                 f"data.eval_file to train on data.task={d.task!r}, evaluated on data.eval_seed and data.eval_size")
+    if d.train_file and not d.eval_file and cfg.trainer.eval_every > 0:
+        p.append(f"data.eval_file: trainer.eval_every={cfg.trainer.eval_every} evaluates on a held-out file; give "
+                 f"data.eval_file, or set trainer.eval_every=0 to train on data.train_file without eval")
+    for key in ("prompt_key", "answer_key", "messages_key"):
+        if not getattr(d, key).strip():
+            p.append(f"data.{key}={getattr(d, key)!r}: name the field of a row (default {getattr(DataConfig, key)!r})")
+    if d.max_rows < 0:
+        p.append(f"data.max_rows={d.max_rows}: must be >= 0 (0 = every row)")
+    used = [f"data.{k}={getattr(d, k)!r}" for k in ("filter", "shuffle", "max_rows") if getattr(d, k)]
+    if used and not d.train_file:
+        p.append(f"{', '.join(used)}: these pick rows of data.train_file and data.eval_file; with data.task="
+                 f"{d.task!r} set data.train_size and data.eval_size instead")
 
 
 def reward_is_called(cfg: Config) -> bool:
@@ -402,6 +470,23 @@ def _check_sandbox(cfg: Config, p: list[str]) -> None:
         p.append(f"resources.sandbox.cpus_per_worker={cfg.resources.sandbox.cpus_per_worker}: must be > 0")
 
 
+def _check_devices(cfg: Config, p: list[str]) -> None:
+    """GPUs only with the Ray runtime (it gives each worker its GPU), and the learner and the
+    rollout engines both on GPUs or both on CPUs: their weight sync is one NCCL or one gloo group."""
+    res = cfg.resources
+    roles = [(f"resources.{role}.gpus_per_worker", getattr(res, role).gpus_per_worker) for role in ("learner", "rollout")]
+    roles += [(f"reward.models[{k}].resources.gpus_per_worker", m.resources.gpus_per_worker)
+              for k, m in enumerate(cfg.reward.models)]
+    on_gpus = [f"{key}={gpus}" for key, gpus in roles if gpus > 0]
+    if cfg.trainer.runtime == "local" and on_gpus:
+        p.append(f"trainer.runtime=local places no worker on a GPU, but {', '.join(on_gpus)}: use "
+                 f"trainer.runtime=ray (it gives each worker its GPUs), or set these to 0")
+    (lk, lg), (rk, rg) = roles[:2]
+    if (lg > 0) != (rg > 0) and not res.colocate:  # colocation checks its pair's GPUs itself
+        p.append(f"{lk}={lg} and {rk}={rg}: the learner and the rollout engines must both have GPUs (weight sync "
+                 f"over NCCL) or both have none (gloo); give both GPUs, or set both to 0")
+
+
 def _check_colocation(cfg: Config, p: list[str]) -> None:
     res = cfg.resources
     if not res.colocate:
@@ -420,6 +505,23 @@ def _check_colocation(cfg: Config, p: list[str]) -> None:
                  "sleep while the learner trains")
     if cfg.trainer.runtime != "ray":
         p.append("resources.colocate=true needs trainer.runtime=ray (CUDA IPC between two processes)")
+
+
+def _check_tensor_parallel(cfg: Config, p: list[str]) -> None:
+    tp = cfg.rollout.tensor_parallel_size
+    if tp < 1:
+        p.append(f"rollout.tensor_parallel_size={tp}: must be >= 1")
+    if tp <= 1:
+        return
+    if cfg.resources.rollout.gpus_per_worker <= 0:
+        p.append(f"rollout.tensor_parallel_size={tp} needs GPUs (vLLM on CPU runs one rank per engine): set "
+                 f"resources.rollout.gpus_per_worker=1 (each engine then takes {tp} GPUs), or "
+                 f"rollout.tensor_parallel_size=1")
+    if cfg.rollout.backend != "vllm":
+        p.append(f"rollout.tensor_parallel_size={tp} needs rollout.backend=vllm")
+    if cfg.resources.colocate:
+        p.append(f"rollout.tensor_parallel_size={tp} with resources.colocate=true: colocation pairs each engine "
+                 f"with one learner rank on one GPU; use rollout.tensor_parallel_size=1")
 
 
 def _check_batch_sizes(cfg: Config, p: list[str]) -> None:

@@ -28,10 +28,10 @@ from parkrl.workers.cluster import ray_cluster
 from parkrl.workers.group import WorkerDied, WorkerError, WorkerTimeout
 
 
-def train(cfg: Config) -> Path:
+def train(cfg: Config, reward_fn: RewardFunction | None = None) -> Path:
     """Run RL steps up to `trainer.total_steps`, continuing from a checkpoint as `trainer.resume`
     says; returns the output directory. Every check of the config and data runs before any
-    worker starts."""
+    worker starts. `reward_fn`: use this object instead of building `reward.cls` (parkrl.run)."""
     _user_code(import_plugins, "trainer.imports", cfg.trainer.imports)
     validate(cfg)  # registered estimator names are checked below, once torch is imported
     t = cfg.trainer
@@ -58,7 +58,7 @@ def train(cfg: Config) -> Path:
     from parkrl.workers.sandbox_service import check_sandbox, sandbox_for_run
 
     check_sandbox(cfg, bool(cfg.env.cls) and _user_code(_uses_sandbox, f"env.cls={cfg.env.cls!r}", cfg))
-    reward_fn = reward_function(cfg)
+    reward_fn = reward_fn if reward_fn is not None else reward_function(cfg)
     if saved:
         data.load_state_dict(saved["data"])
         for change in checkpoint.config_changes(saved["config"], cfg):

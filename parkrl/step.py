@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS, logprob_diff_sum
+from parkrl.algorithms import ADVANTAGES, KL_ESTIMATORS, logprob_diff_sum, masked_whiten
 from parkrl.batch import TrajectoryBatch
 from parkrl.batch_source import BatchSource
 from parkrl.collect import episode_metrics, episode_scores, generate_batch
@@ -78,7 +78,9 @@ def add_advantages(batch: TrajectoryBatch, a) -> dict[str, float]:
     With `algorithm.kl_in=reward` the per-token penalty kl_coef * KL(policy || reference) is
     subtracted from the reward: token by token for GAE, summed over the sample otherwise. GAE
     runs over each response's trained tokens only, so in multi-turn episodes the environment's
-    tokens (loss mask 0) are skipped, not treated as the end of the episode.
+    tokens (loss mask 0) are skipped, not treated as the end of the episode. With
+    `algorithm.whiten_advantages` (default: on for token-level estimators, as in verl and
+    OpenRLHF) the advantages are then whitened over the batch's trained tokens (or samples).
     """
     kl, metrics = None, {}
     mask = batch.loss_mask  # trained tokens
@@ -104,11 +106,18 @@ def add_advantages(batch: TrajectoryBatch, a) -> dict[str, float]:
         for name, compact in (("advantages", adv), ("returns", returns)):
             full = torch.zeros(batch.response_ids.shape, dtype=compact.dtype)  # 0 off the trained tokens
             full[rows, cols] = compact[at]
-            batch.add(name, full)
+            whiten = name == "advantages" and whiten_advantages(a)  # returns keep their scale: the critic's target
+            batch.add(name, masked_whiten(full, mask) if whiten else full)
     else:
         rewards = batch["rewards"] if kl is None else batch["rewards"] - a.kl_coef * kl.sum(-1)
-        batch.add("advantages", estimator(rewards, torch.tensor(batch.group_ids), a))
+        adv = estimator(rewards, torch.tensor(batch.group_ids), a)
+        batch.add("advantages", masked_whiten(adv, mask.any(1)) if whiten_advantages(a) else adv)
     return metrics
+
+
+def whiten_advantages(a) -> bool:
+    """`algorithm.whiten_advantages`, its default resolved: on for token-level estimators (GAE)."""
+    return a.whiten_advantages if a.whiten_advantages is not None else ADVANTAGES.level(a.advantage) == "token"
 
 
 def evaluate(fleet: Fleet, tokenizer, reward_fn: RewardFunction, eval_samples: list[dict[str, Any]],

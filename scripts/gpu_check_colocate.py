@@ -18,11 +18,15 @@ import os
 import sys
 import tempfile
 import time
+import types
 
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# parkrl/__init__.py imports the tools and environments, which need pydantic (not on the GPU machine); the
+# learner needs neither, so parkrl is imported as a bare namespace package over the source folder.
+PARKRL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parkrl")
+sys.modules.setdefault("parkrl", types.ModuleType("parkrl")).__path__ = [PARKRL]
 
 HIDDEN, LAYERS, VOCAB = 1024, 12, 32000  # about 0.3B parameters, Llama-shaped
 
@@ -100,6 +104,7 @@ def main() -> int:
     cfg.learner.dtype, cfg.rollout.dtype, cfg.learner.lr = "float32", "float32", 1e-4  # fp32: an exact comparison
     cfg.learner.micro_batch_size = 4
     cfg.resources.learner.cpus_per_worker = 4
+    cfg.resources.learner.gpus_per_worker = 1  # the learner's device follows its GPUs
     learner = FSDPLearner(cfg, model_dir, rank=0, world_size=1)
     learner.setup(*learner.free_address())
     b = batch()
@@ -118,7 +123,7 @@ def main() -> int:
     t0 = time.perf_counter()
     learner._full_state_dict()  # the broadcast path's gather to host memory, for comparison
     host_gather_s = time.perf_counter() - t0
-    learner_logprobs = torch.tensor([row for row in learner.per_token(b)])
+    learner_logprobs = learner.per_token(b)  # [n, T] float32, 0 on padding (as the engine side)
     diff = (learner_logprobs - got["logprobs"]).abs().max().item()
     engine.join(60)
     params = sum(TensorMeta.from_wire(row).numel for row in metas)

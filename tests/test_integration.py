@@ -62,6 +62,8 @@ def test_ray_fsdp2_vllm_run(tiny_model_dir, tmp_path, ray_session):
         assert 0.0 <= r["reward/mean"] <= 1.0
         assert 0 < r["response/length_mean"] <= 12
         assert r["rollout/logprob_diff"] < SYNC_OK  # every step after the first follows a sync
+        assert 0 <= r["rollout/kl"] < SYNC_OK ** 2  # k3 ~ diff^2 / 2
+        assert "rollout/is_weight_mean" not in r  # both sides fp32, on-policy: rollout_correction=auto is off
         assert r["learner/grad_norm"] > 0 and r["memory/learner_peak_gib"] > 0
     assert (out / "config.json").exists()
     # The final checkpoint loads in transformers and in vLLM, and both decode it alike.

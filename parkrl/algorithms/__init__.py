@@ -1,14 +1,8 @@
 """Pure tensor functions of the RL algorithms: no Ray, no models, no I/O."""
-from parkrl.algorithms.advantages import ADVANTAGES, group_stats
+from parkrl.algorithms.advantages import ADVANTAGES, group_stats, masked_whiten
+from parkrl.algorithms.correction import MODES, Correction, resolve_mode, rollout_correction, rollout_kl
 from parkrl.algorithms.kl import KL_ESTIMATORS
-from parkrl.algorithms.losses import (
-    LOSS_AGGREGATIONS,
-    POLICY_LOSSES,
-    LossNorm,
-    PolicyLossOutput,
-    logprob_diff_sum,
-    truncated_is_weights,
-)
+from parkrl.algorithms.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, LossNorm, PolicyLossOutput, logprob_diff_sum
 from parkrl.algorithms.registry import Registry
 
 
@@ -26,14 +20,19 @@ def registered_names() -> dict[str, tuple[str, ...]]:
 
 __all__ = [
     "ADVANTAGES",
+    "Correction",
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
     "LossNorm",
+    "MODES",
     "POLICY_LOSSES",
     "PolicyLossOutput",
     "Registry",
     "group_stats",
+    "masked_whiten",
     "logprob_diff_sum",
     "registered_names",
-    "truncated_is_weights",
+    "resolve_mode",
+    "rollout_correction",
+    "rollout_kl",
 ]

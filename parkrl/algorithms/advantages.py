@@ -104,10 +104,22 @@ def rloo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AlgorithmConfig) -
     return (scale * (rewards.double() - mean)).float()
 
 
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(v - mean) / (std + eps) over the entries where `mask` is set (unbiased std), 0 elsewhere;
+    all 0 with fewer than 2 such entries. Batch whitening of advantages (`algorithm.whiten_advantages`,
+    REINFORCE++), over every trained token of the batch for per-token advantages."""
+    on = mask.bool()
+    n = int(on.sum())
+    if n < 2:
+        return torch.zeros_like(values)
+    x = values.double()
+    mean = x[on].mean()
+    std = ((x[on] - mean) ** 2).sum().div(n - 1).sqrt()
+    return torch.where(on, (x - mean) / (std + EPS), 0.0).to(values.dtype)
+
+
 def _whiten(x: torch.Tensor) -> torch.Tensor:
-    if len(x) < 2:
-        return torch.zeros_like(x)
-    return (x - x.mean()) / (x.std() + EPS)
+    return masked_whiten(x, torch.ones_like(x, dtype=torch.bool))
 
 
 @ADVANTAGES.register("reinforce_pp")

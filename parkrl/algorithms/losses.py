@@ -11,13 +11,13 @@ and then every sample is computed.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
+from parkrl.algorithms.kl import clamped_log_ratio
 from parkrl.algorithms.registry import Registry
 from parkrl.config import AlgorithmConfig
 
@@ -80,9 +80,11 @@ def ppo_clip(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: tor
 
         loss = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)),  r = exp(logp - logp_old)
 
+    (the log-ratio clamped to [-20, 20], so extreme ratios stay finite).
+
     With `dual_clip_c = c > 1`, tokens with A < 0 are further bounded: loss = min(loss, -A c).
     """
-    return _clip_surrogate(torch.exp(logprobs - old_logprobs), advantages, cfg)
+    return _clip_surrogate(torch.exp(clamped_log_ratio(logprobs, old_logprobs)), advantages, cfg)
 
 
 @POLICY_LOSSES.register("gspo")
@@ -96,7 +98,7 @@ def gspo(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.T
     s_i in value; its gradient is s_i * grad logp_t, the paper's token-level form.
     """
     lengths = mask.sum(-1).clamp(min=1)
-    seq_log_ratio = ((logprobs - old_logprobs) * mask).sum(-1) / lengths
+    seq_log_ratio = (clamped_log_ratio(logprobs, old_logprobs) * mask).sum(-1) / lengths
     seq_ratio = torch.exp(seq_log_ratio).detach().unsqueeze(-1)
     ratio = seq_ratio * torch.exp(logprobs - logprobs.detach())
     return _clip_surrogate(ratio, advantages, cfg)
@@ -122,17 +124,6 @@ def seq_mean_token_sum_norm(values: torch.Tensor, mask: torch.Tensor, norm: Loss
     """Sum over tokens / (samples x max_new_tokens): Dr.GRPO's constant normaliser, which
     removes the length bias of per-sample means."""
     return (values * mask).sum() / max(norm.sequences * norm.max_new_tokens, 1.0)
-
-
-def truncated_is_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor,
-                         cap: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Truncated importance sampling (TIS) from the policy that generated the tokens to the
-    learner's old policy: w_t = min(pi_old(y_t) / pi_rollout(y_t), cap), no gradient; 1 where
-    the mask is 0. Returns (weights, 1.0 where the cap was hit)."""
-    log_ratio = (old_logprobs - rollout_logprobs).detach()
-    capped = (log_ratio > math.log(cap)) & mask.bool()
-    weights = torch.where(mask.bool(), torch.exp(log_ratio.clamp(max=math.log(cap))), torch.ones_like(log_ratio))
-    return weights, capped.float()
 
 
 def logprob_diff_sum(logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

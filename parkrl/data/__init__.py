@@ -1,5 +1,5 @@
-"""Prompt sources: reasoning-gym tasks or your own JSONL files."""
-from parkrl.data.jsonl import DatasetError, read_samples
+"""Prompt sources: reasoning-gym tasks, or your own JSONL/Parquet/CSV/Arrow files."""
+from parkrl.data.files import DatasetError, read_samples
 from parkrl.data.prompts import TaskPrompts, check_prompt_lengths
 
 __all__ = ["DatasetError", "TaskPrompts", "check_prompt_lengths", "read_samples"]

@@ -5,7 +5,7 @@ import random
 from typing import Any
 
 from parkrl.config import ConfigError, DataConfig
-from parkrl.data.jsonl import DatasetError, read_rows
+from parkrl.data.files import DatasetError, read_rows
 from parkrl.data.reasoning_gym import task_samples
 
 
@@ -23,13 +23,15 @@ class TaskPrompts:
     generator spaces repeat questions across seeds), and the eval set has no duplicates. Samples
     are told apart by their `uid` field when they have one (tasks whose question repeats over
     different inputs, like terminal_files), else by their question text.
-    `train_where`/`eval_where` say where each sample came from (file:line, or task sample).
+    `train_where`/`eval_where` say where each sample came from (file:line, file row N, or task
+    sample). Files are read by `parkrl.data.files.read_rows` (formats, field keys, data.filter,
+    data.shuffle seeded by data.train_seed / data.eval_seed, data.max_rows).
     """
 
     def __init__(self, cfg: DataConfig, shuffle_seed: int) -> None:
         if cfg.train_file:
-            pool = read_rows(cfg.eval_file, "data.eval_file", cfg.system_prompt) if cfg.eval_file else []
-            train = read_rows(cfg.train_file, "data.train_file", cfg.system_prompt)
+            pool = read_rows(cfg.eval_file, "data.eval_file", cfg, cfg.eval_seed) if cfg.eval_file else []
+            train = read_rows(cfg.train_file, "data.train_file", cfg, cfg.train_seed)
             source = f"data.train_file={cfg.train_file!r}"
         else:
             def rows(seed: int, size: int, seed_key: str) -> list[tuple[str, dict[str, Any]]]:

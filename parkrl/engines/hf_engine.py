@@ -83,7 +83,8 @@ class HFEngine:
         group, timeout_s = self._sync
         metas = [TensorMeta.from_wire(row) for row in wire_metas]
         params = self.model.state_dict()
-        for name, tensor in receive_tensors(group, metas, timeout_s):
+        device = next(self.model.parameters()).device  # its own, whatever the learner's
+        for name, tensor in receive_tensors(group, metas, timeout_s, device=device):
             params[name].copy_(tensor)
 
     def shutdown(self) -> None:

@@ -42,7 +42,8 @@ class VLLMEngine:
     """One vLLM `LLM` with parkrl's weight-sync extension in its workers."""
 
     def __init__(self, model_path: str, dtype: str, max_model_len: int, kv_cache_gib: float, seed: int,
-                 cpu_ids: list[int], sleep_mode: bool = False, gpu_share: float = 0.9) -> None:
+                 cpu_ids: list[int], sleep_mode: bool = False, gpu_share: float = 0.9,
+                 tensor_parallel_size: int = 1) -> None:
         _engine_env(cpu_ids)
         from vllm import LLM
 
@@ -65,6 +66,10 @@ class VLLMEngine:
             enable_sleep_mode=sleep_mode,  # colocated with a learner rank on one GPU (CUDA only)
             # vLLM checks at start that this share of the GPU is free; colocated, it is this role's share.
             gpu_memory_utilization=gpu_share,
+            tensor_parallel_size=tensor_parallel_size,
+            # Its TP workers in processes of its own on this actor's GPUs: in a Ray placement group
+            # vLLM would otherwise pick its Ray executor and place them in parkrl's bundles.
+            distributed_executor_backend="mp" if tensor_parallel_size > 1 else None,
             **_cpu_engine_args(),
         )
 
@@ -99,6 +104,7 @@ class VLLMEngine:
         return done
 
     def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float) -> None:
+        """Every vLLM worker of this engine joins the sync group: tensor-parallel rank k as `rank` + k."""
         self.llm.collective_rpc("parkrl_join_sync_group", args=(host, port, rank, world_size, backend, timeout_s))
 
     def receive_weights(self, wire_metas: list) -> None:
@@ -110,15 +116,27 @@ class VLLMEngine:
     def sleep(self) -> None:
         """Free the GPU memory of weights and KV cache (level 2: the next sync reloads every weight)."""
         self.llm.sleep(level=2)
+        self.llm.collective_rpc("parkrl_empty_cache")  # torch's cached blocks outside vLLM's pool, for the learner
 
     def wake_up(self, tags: list[str]) -> None:
         """Re-allocate "weights" (before a sync) or "kv_cache" (after it)."""
         self.llm.wake_up(tags=tags)
 
+    def gpu_uuids(self) -> list[str]:
+        """The UUID of each vLLM worker's GPU (colocated mode: one)."""
+        return self.llm.collective_rpc("parkrl_gpu_uuid")
+
     def receive_shared_weights(self, handles: bytes) -> None:
         """Load weights shared by CUDA IPC from the learner rank on this GPU; drop stale KV."""
         self.llm.collective_rpc("parkrl_receive_shared", args=(handles,))
         self.llm.reset_prefix_cache()
+
+    def dead(self) -> bool:
+        """Whether the engine core's process is gone (vLLM's monitor saw it exit; every call
+        would raise EngineDeadError or, already in flight, wait forever). Never, in-process."""
+        engine = getattr(self, "llm", None)  # gone after shutdown
+        resources = getattr(engine.llm_engine.engine_core, "resources", None) if engine is not None else None
+        return bool(getattr(resources, "engine_dead", False))
 
     def shutdown(self) -> None:
         """Stop the engine core (frees its /dev/shm segments) before the process goes away."""

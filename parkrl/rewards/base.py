@@ -1,6 +1,7 @@
 """The reward interface users subclass."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -28,3 +29,18 @@ class RewardFunction:
     def is_correct(self, reward: float) -> bool:
         """Whether a reward counts as a correct answer (for `eval/accuracy`)."""
         return reward >= 1.0
+
+
+class FunctionReward(RewardFunction):
+    """A plain function `fn(completions, samples) -> list[float]` as a RewardFunction (what
+    `parkrl.run(reward=fn)` wraps a function in); `is_correct` is reward >= 1.0."""
+
+    def __init__(self, fn: Callable[[list[str], list[dict[str, Any]]], Sequence[float]]) -> None:
+        if not callable(fn):
+            raise TypeError(f"reward: expected a function (completions, samples) -> list[float] or a "
+                            f"parkrl.RewardFunction, got {type(fn).__name__}")
+        self.fn = fn
+
+    def __call__(self, completions: list[str], messages: list[list[dict[str, str]]],
+                 samples: list[dict[str, Any]]) -> list[float]:
+        return list(self.fn(completions, samples))

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
-import torch.distributed as dist
 
-from parkrl.sync.process_group import broadcast_async, wait
+from parkrl.sync.process_group import SyncGroup, broadcast_async, wait
 
 # By default every tensor travels alone, straight from the learner's state dict (no packing
 # copy). Measured on a 2-core host, receiving SmolLM2-135M into vLLM took 0.83 s that way, 1.0-1.2 s
@@ -77,7 +76,7 @@ def _travelling_buckets(metas: list[TensorMeta], bucket_bytes: int) -> list[list
     return [[travelling[k] for k in bucket] for bucket in plan_buckets([metas[i] for i in travelling], bucket_bytes)]
 
 
-def send_tensors(group: dist.ProcessGroup, tensors: Iterable[torch.Tensor | None], metas: list[TensorMeta],
+def send_tensors(group: SyncGroup, tensors: Iterable[torch.Tensor | None], metas: list[TensorMeta],
                  timeout_s: float, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
     """Rank 0: broadcast `tensors` (one per meta, in order; an alias is not sent and may be None)
     bucket by bucket; returns bytes sent. `tensors` may be a generator: each tensor is taken when
@@ -91,7 +90,7 @@ def send_tensors(group: dist.ProcessGroup, tensors: Iterable[torch.Tensor | None
         raise ValueError(f"weight sync: fewer tensors than the {len(metas)} metas")
 
     sent = 0
-    in_flight: deque[tuple[dist.Work, torch.Tensor]] = deque()  # a bucket lives until its broadcast ends
+    in_flight: deque[tuple[Any, torch.Tensor]] = deque()  # a bucket lives until its broadcast ends
     for bucket in _travelling_buckets(metas, bucket_bytes):
         parts = [take(i).reshape(-1).to(getattr(torch, metas[i].dtype)) for i in bucket]
         flat = parts[0] if len(parts) == 1 else torch.cat(parts)  # alone: no copy (when contiguous)
@@ -106,7 +105,7 @@ def send_tensors(group: dist.ProcessGroup, tensors: Iterable[torch.Tensor | None
     return sent
 
 
-def receive_tensors(group: dist.ProcessGroup, metas: list[TensorMeta], timeout_s: float,
+def receive_tensors(group: SyncGroup, metas: list[TensorMeta], timeout_s: float,
                     device: str | torch.device = "cpu", bucket_bytes: int = DEFAULT_BUCKET_BYTES,
                     into: dict[str, torch.Tensor] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Ranks > 0: receive every bucket and yield (name, tensor) in `metas` order, each as soon as
@@ -122,7 +121,7 @@ def receive_tensors(group: dist.ProcessGroup, metas: list[TensorMeta], timeout_s
     unsent = set(aliases) - {m.name for m in metas if not m.alias_of}
     if unsent:
         raise ValueError(f"weight sync: aliases of tensors that are not sent: {sorted(unsent)}")
-    in_flight: deque[tuple[list[int], torch.Tensor, dist.Work]] = deque()
+    in_flight: deque[tuple[list[int], torch.Tensor, Any]] = deque()
 
     def post() -> None:
         bucket = pending.popleft()

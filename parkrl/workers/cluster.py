@@ -16,7 +16,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from parkrl.config import Config
 
@@ -24,12 +24,26 @@ TEMP_PREFIX = "parkrl-ray-"
 OWNER_FILE = "parkrl-owner.json"  # {"pid", "start"}: the driver that made the dir (marks it as ours)
 
 
+FORWARDED_PREFIXES = ("NCCL_", "TORCH_NCCL_", "CUDA_")
+# Set per worker (Ray: the worker's assigned GPUs) or naming the driver's own paths.
+NOT_FORWARDED = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_HOME", "CUDA_PATH"})
+
+
+def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The driver's NCCL_*, TORCH_NCCL_* and CUDA_* settings (NCCL_SOCKET_IFNAME, NCCL_DEBUG,
+    TORCH_NCCL_BLOCKING_WAIT, CUDA_LAUNCH_BLOCKING, ...) that workers get too: Ray starts workers
+    on other nodes (and in a joined cluster, on this one) without the driver's environment.
+    Not CUDA_VISIBLE_DEVICES, which Ray sets per worker, nor the driver's CUDA_HOME/CUDA_PATH."""
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) and k not in NOT_FORWARDED}
+
+
 def worker_env(verbose: bool = False) -> dict[str, str]:
     """Environment every worker process gets; the driver's working directory is on the workers'
     PYTHONPATH, so modules named in `trainer.imports` or `reward.cls` import there as here.
-    vLLM prints its INFO lines only with `trainer.verbose`."""
+    vLLM prints its INFO lines only with `trainer.verbose`. The driver's NCCL/CUDA settings
+    are forwarded (`forwarded_env`)."""
     path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
-    return {"TOKENIZERS_PARALLELISM": "false", "VLLM_NO_USAGE_STATS": "1",
+    return {**forwarded_env(os.environ), "TOKENIZERS_PARALLELISM": "false", "VLLM_NO_USAGE_STATS": "1",
             "VLLM_CONFIGURE_LOGGING": "1" if verbose else "0", "PYTHONPATH": path}
 
 

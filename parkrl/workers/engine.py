@@ -1,6 +1,9 @@
 """The rollout worker: one inference engine (vLLM or HF) and its end of the weight sync."""
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from typing import Any
 
 from parkrl.config import Config
@@ -8,6 +11,7 @@ from parkrl.engines import Completion, SamplingSpec, make_engine
 from parkrl.envs.runner import Episode
 from parkrl.models import chat_prompt_ids, load_tokenizer, resolve_dtype
 from parkrl.plugins import import_plugins
+from parkrl.sync.process_group import sync_rank
 from parkrl.tools.sandboxed import connect, endpoint_for
 from parkrl.workers.process import cpu_slot, peak_rss_gib, set_torch_threads
 
@@ -28,7 +32,22 @@ class EngineWorker:
             max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib, seed=cfg.trainer.seed + rank,
             cpu_ids=cpu_slot(rank, cpus), sleep_mode=cfg.resources.colocate,
             gpu_share=cfg.resources.rollout.gpus_per_worker if cfg.resources.colocate else 0.9,
+            tensor_parallel_size=r.tensor_parallel_size,
         )
+        self._closing = threading.Event()
+        if _in_ray_actor() and hasattr(self.engine, "dead"):
+            threading.Thread(target=self._watch_engine, daemon=True, name="parkrl-engine-watch").start()
+
+    def _watch_engine(self, every_s: float = 1.0) -> None:
+        """End this actor's process once the engine's core process is gone (vLLM runs it in a
+        child process on GPU). Ray then reports the worker dead and the fleet restarts it; a
+        live actor around a dead engine would raise vLLM's EngineDeadError on every call, or
+        wait forever in a call that was already waiting on the engine."""
+        while not self._closing.wait(every_s):
+            if self.engine.dead() and not self._closing.is_set():
+                print(f"[parkrl] rollout[{self.rank}]: vLLM's engine core process is gone (EngineDeadError); "
+                      f"ending this worker's process so that it is restarted", file=sys.stderr, flush=True)
+                os._exit(1)
 
     def weight_dtype(self) -> str:
         """The dtype this engine holds its weights in: the learner casts to it before sending, so
@@ -54,8 +73,10 @@ class EngineWorker:
         return run_episodes(self.engine, make_env, samples, spec, tok, limits,
                             lambda messages: chat_prompt_ids(tok, messages), index_offset)
 
-    def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float) -> None:
-        self.engine.join_sync_group(host, port, rank, world_size, backend, timeout_s)
+    def join_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+        """Join the sync group: this engine's tensor-parallel rank k as `sync_rank(engine, tp, k)`."""
+        first = sync_rank(self.rank, self.cfg.rollout.tensor_parallel_size)
+        self.engine.join_sync_group(host, port, first, world_size, backend, timeout_s)
 
     def receive_weights(self, wire_metas: list) -> None:
         self.engine.receive_weights(wire_metas)
@@ -67,6 +88,9 @@ class EngineWorker:
     def wake_up(self, tags: list[str]) -> None:
         self.engine.wake_up(tags)
 
+    def gpu_uuids(self) -> list[str]:
+        return self.engine.gpu_uuids()
+
     def receive_shared_weights(self, handles: bytes) -> None:
         self.engine.receive_shared_weights(handles)
 
@@ -74,4 +98,12 @@ class EngineWorker:
         return peak_rss_gib()
 
     def shutdown(self) -> None:
+        self._closing.set()  # the engine stops now on purpose: not a death
         self.engine.shutdown()
+
+
+def _in_ray_actor() -> bool:
+    """Whether this process is a Ray actor (not the driver, where `trainer.runtime=local` runs workers)."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None

@@ -8,13 +8,16 @@ controller never deals with ranks.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Callable, TypeVar
 
 import torch
 
 from parkrl.batch import TrajectoryBatch
-from parkrl.config import Config
+from parkrl.config import Config, RoleResources
 from parkrl.engines import Completion, SamplingSpec
+from parkrl.sync.ipc import pair_by_gpu, shared_gpu
+from parkrl.sync.process_group import sync_world_size
 from parkrl.workers.engine import EngineWorker
 from parkrl.workers.fsdp_learner import FSDPLearner
 from parkrl.workers.group import WorkerDied, WorkerError, WorkerGroup, WorkerTimeout, wait_all
@@ -42,7 +45,7 @@ class Fleet:
             self.learner = WorkerGroup("learner", learner_class(cfg.learner.backend), res.learner, t.runtime, t.worker_timeout_s,
                                        lambda rank: (cfg, model_path, rank, n_learners),
                                        bundle_extra=res.rollout if res.colocate else None)
-            self.engines = WorkerGroup("rollout", EngineWorker, res.rollout, t.runtime, t.worker_timeout_s,
+            self.engines = WorkerGroup("rollout", EngineWorker, engine_resources(cfg), t.runtime, t.worker_timeout_s,
                                        lambda rank: (cfg, model_path, rank),
                                        colocate_with=self.learner if res.colocate else None)
             self.reward_models = [
@@ -60,6 +63,9 @@ class Fleet:
                 raise RuntimeError(f"rollout.dtype={cfg.rollout.dtype!r} resolved to {' and '.join(dtypes)} on different "
                                    f"engines' nodes; set rollout.dtype=float32 or rollout.dtype=bfloat16")
             self._metas = self.learner.call("weight_metas", dtypes[0], ranks=[0])[0]
+            mode = self.learner.call("resolve_rollout_correction", dtypes[0])[0]
+            print(f"[parkrl] rollout correction: algorithm.rollout_correction={cfg.algorithm.rollout_correction} -> "
+                  f"{mode} (engines compute in {dtypes[0]})", flush=True)
             if res.colocate:  # colocated pairs hand weights over by CUDA IPC instead of a sync group
                 self._share_weights()
             else:
@@ -69,15 +75,15 @@ class Fleet:
             raise
 
     def _join_sync_group(self) -> None:
-        """Learner rank 0 is sync rank 0; engine i is sync rank i + 1."""
-        t = self.cfg.trainer
-        backend = "nccl" if self.cfg.resources.learner.gpus_per_worker > 0 else "gloo"
+        """Learner rank 0 is sync rank 0; the vLLM workers of engine i (one per tensor-parallel
+        rank) follow (parkrl.sync.process_group.sync_rank). NCCL when both roles are on GPUs."""
+        t, res = self.cfg.trainer, self.cfg.resources
+        backend = "nccl" if res.learner.gpus_per_worker > 0 and res.rollout.gpus_per_worker > 0 else "gloo"
         host, port = self.learner.call("free_address", ranks=[0])[0]
-        world = 1 + len(self.engines)
+        world = sync_world_size(len(self.engines), self.cfg.rollout.tensor_parallel_size)
         wait_all([
             self.learner.submit("join_sync_group", host, port, world, backend, ranks=[0]),
-            self.engines.submit_each("join_sync_group",
-                                     [(host, port, 1 + i, world, backend, t.sync_timeout_s) for i in range(len(self.engines))]),
+            self.engines.submit("join_sync_group", host, port, world, backend, t.sync_timeout_s),
         ], t.worker_timeout_s)
 
     # ---- phases -------------------------------------------------------------------------------
@@ -139,6 +145,9 @@ class Fleet:
         for rank in ranks:
             self.engines.restart(rank)
             self.restarts += 1
+        # Up first (within trainer.worker_timeout_s): a vLLM start can take longer than the
+        # trainer.sync_timeout_s the survivors' join below waits for every rank.
+        self.engines.call("peak_rss_gib", ranks=ranks)
         if self.cfg.resources.colocate:
             self._share_weights()
         else:
@@ -176,10 +185,15 @@ class Fleet:
 
     def _share_weights(self) -> None:
         with self._learner_lock:
+            # The learner ranks return their cached GPU blocks (training's activations) first, so
+            # that vLLM's weights fit (nothing is shared yet: this only empties the CUDA cache).
+            self.learner.call("release_shared_weights")
             self.engines.call("wake_up", ["weights"])
-            handles = self.learner.call("share_weights", self._metas)  # learner rank i and engine i share a GPU
+            engine_gpus = [uuids[0] for uuids in self.engines.call("gpu_uuids")]
+            handles = self.learner.call("share_weights", self._metas)
             try:
-                self.engines.call_each("receive_shared_weights", [(h,) for h in handles])
+                ranks = pair_by_gpu([shared_gpu(h) for h in handles], engine_gpus)
+                self.engines.call_each("receive_shared_weights", [(handles[r],) for r in ranks])
             finally:
                 self.learner.call("release_shared_weights")
             self.engines.call("wake_up", ["kv_cache"])
@@ -230,6 +244,13 @@ class Fleet:
                     group.shutdown()
                 except Exception as e:  # keep shutting the others down
                     print(f"[parkrl] shutting down {group.role}: {e}", flush=True)
+
+
+def engine_resources(cfg: Config) -> RoleResources:
+    """What each rollout worker reserves: `resources.rollout` with its GPUs multiplied by
+    `rollout.tensor_parallel_size` (a GPU per tensor-parallel rank)."""
+    res = cfg.resources.rollout
+    return replace(res, gpus_per_worker=res.gpus_per_worker * cfg.rollout.tensor_parallel_size)
 
 
 def learner_class(backend: str) -> type[Learner]:

@@ -80,11 +80,22 @@ class FSDPLearner(Learner):
         """Colocated mode, collective: the full weights on this rank's GPU in the engines' dtype,
         as CUDA IPC handles for the engine on the same GPU; kept alive until
         `release_shared_weights`."""
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=False)  # full tensors on every rank
-        state = self._merged(get_model_state_dict(self.policy.lm, options=opts))
+        metas = [TensorMeta.from_wire(row) for row in wire_metas]
+        if self.cfg.learner.lora_rank > 0:  # merging the adapters needs the whole state dict
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=False)  # full tensors on every rank
+            state = self._merged(get_model_state_dict(self.policy.lm, options=opts))
+            full = (None if m.alias_of else state.pop(m.name) for m in metas)
+        else:  # one weight gathered at a time and cast: never the whole model in fp32 on the GPU
+            full = self._weights_to_send(metas)
         self._shared = {}
-        for m in (TensorMeta.from_wire(row) for row in wire_metas):  # cast one tensor at a time
-            self._shared[m.name] = state.pop(m.name).to(getattr(torch, m.dtype)).contiguous()
+        for m, tensor in zip(metas, full):
+            if tensor is not None:
+                self._shared[m.name] = tensor.to(getattr(torch, m.dtype)).contiguous()
+                del tensor  # the fp32 gather goes before the next one
+        for m in metas:  # a tied head: the same tensor under its second name
+            if m.alias_of:
+                self._shared[m.name] = self._shared[m.alias_of]
+        torch.cuda.empty_cache()  # the gathers' blocks, before the engine's weights wake up
         return share(self._shared)
 
     def release_shared_weights(self) -> None:

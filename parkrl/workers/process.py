@@ -1,4 +1,4 @@
-"""Per-process settings and readings of a worker: threads, cores, peak memory."""
+"""Per-process settings and readings of a worker: threads, cores, device, peak memory."""
 from __future__ import annotations
 
 import os
@@ -27,6 +27,24 @@ def cpu_slot(rank: int, cpus: float) -> list[int]:
     n = min(max(1, int(cpus)), len(cores))
     start = (rank * n) % len(cores)
     return [cores[(start + k) % len(cores)] for k in range(n)]
+
+
+def role_device(gpus_per_worker: float, key: str) -> torch.device:
+    """The device of a worker whose role was given `gpus_per_worker` GPUs (`key` names that
+    setting, e.g. "resources.learner.gpus_per_worker", for the error).
+
+    The CPU when the role has no GPU, even where CUDA is visible: Ray 2.60 no longer hides the
+    node's GPUs from actors that asked for none, so checking `torch.cuda.is_available()` alone
+    put them on cuda:0. With GPUs, the current CUDA device (Ray's CUDA_VISIBLE_DEVICES makes it
+    the one assigned to this worker).
+    """
+    if gpus_per_worker <= 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{key}={gpus_per_worker}, but CUDA is not available in this worker's process "
+                           f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); set {key}=0 to run it "
+                           f"on CPU, or install a CUDA torch (bash scripts/setup.sh on the GPU machine)")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def peak_rss_gib() -> float:

@@ -5,7 +5,7 @@ import torch
 
 from parkrl.config import RewardModelConfig
 from parkrl.models.loading import resolve_model_path
-from parkrl.workers.process import peak_rss_gib, set_torch_threads
+from parkrl.workers.process import peak_rss_gib, role_device, set_torch_threads
 
 
 class RewardModelWorker:
@@ -19,7 +19,7 @@ class RewardModelWorker:
         set_torch_threads(spec.resources.cpus_per_worker)
         self.spec = spec
         path = resolve_model_path(spec.path, key="reward.models[].path")
-        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.device = role_device(spec.resources.gpus_per_worker, "reward.models[].resources.gpus_per_worker")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
