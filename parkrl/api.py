@@ -67,12 +67,23 @@ def run(recipe: str = "grpo", overrides: Iterable[str] = (), reward: RewardLike 
         cfg.data.eval_file = data_file(eval_data, out / "data" / "eval.jsonl", "eval_data")
     reward_fn = None
     if reward is not None:
+        if isinstance(reward, type):
+            raise ConfigError(f"reward={reward.__name__} is a class: pass an instance ({reward.__name__}(...)) or a "
+                              f"function (completions, samples) -> list[float]")
         reward_fn = reward if isinstance(reward, RewardFunction) else FunctionReward(reward)
-        fn = reward_fn.fn if isinstance(reward_fn, FunctionReward) else type(reward_fn)
-        cfg.reward.cls = f"{fn.__module__}.{fn.__qualname__}"  # a record in config.json; the object is used
+        cfg.reward.cls = describe(reward_fn.fn if isinstance(reward_fn, FunctionReward) else reward_fn)
     from parkrl.controller import train
 
     return train(cfg, reward_fn=reward_fn)
+
+
+def describe(obj: Any) -> str:
+    """"module.qualname" of a function, a class instance or a functools.partial, as config.json
+    records the reward a run used (`reward.cls`)."""
+    target = getattr(obj, "func", obj)  # a partial: the function it wraps
+    if not hasattr(target, "__qualname__"):  # an instance: its class
+        target = type(target)
+    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
 
 
 def data_file(data: Any, path: Path, name: str) -> str:

@@ -100,6 +100,10 @@ class LearnerConfig:
                                                              "up_proj", "down_proj"])
 
 
+# algorithm.rollout_correction's modes besides `auto` (parkrl.algorithms.correction).
+ROLLOUT_CORRECTIONS = ("off", "tis", "seq_tis", "mask", "seq_mask")
+
+
 @dataclass
 class AlgorithmConfig:
     advantage: str = "grpo"  # grpo | drgrpo | rloo | reinforce_pp | reinforce_pp_baseline | yours
@@ -282,6 +286,11 @@ class InferConfig:
     format: str = "parquet"
     batch_size: int = 64
     n: int = 1
+    # python -m parkrl.filter keeps the rows whose share of correct samples is in [min_pass, max_pass];
+    # python -m parkrl.sample writes SFT conversations of the samples `keep` says: correct | best | all.
+    min_pass: float = 0.0
+    max_pass: float = 1.0
+    keep: str = "correct"
 
 
 @dataclass
@@ -315,7 +324,7 @@ _NON_NEGATIVE = ("learner.max_tokens_per_micro_batch", "learner.lora_rank", "rol
 
 
 def _check_rollout_correction(a: AlgorithmConfig, p: list[str]) -> None:
-    _choice(a.rollout_correction, "algorithm.rollout_correction", ("auto", "off", "tis", "seq_tis", "mask", "seq_mask"), p)
+    _choice(a.rollout_correction, "algorithm.rollout_correction", ("auto", *ROLLOUT_CORRECTIONS), p)
     if a.rollout_is_cap < 1:
         p.append(f"algorithm.rollout_is_cap={a.rollout_is_cap}: must be >= 1 (a cap below 1 would down-weight "
                  f"every token); for no correction set algorithm.rollout_correction=off")
@@ -350,6 +359,10 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     _choice(cfg.env.on_error, "env.on_error", ("raise", "end_episode"), p)
     _check_sandbox(cfg, p)
     _choice(cfg.infer.format, "infer.format", ("parquet", "jsonl"), p)
+    _choice(cfg.infer.keep, "infer.keep", ("correct", "best", "all"), p)
+    if not 0 <= cfg.infer.min_pass <= cfg.infer.max_pass <= 1:
+        p.append(f"infer.min_pass={cfg.infer.min_pass}, infer.max_pass={cfg.infer.max_pass}: need "
+                 f"0 <= min_pass <= max_pass <= 1 (shares of a row's samples that are correct)")
     for name in cfg.trainer.loggers:
         _choice(name, "trainer.loggers[]", ("tensorboard", "wandb"), p)
     _check_data(cfg, p)
@@ -482,6 +495,9 @@ def _check_devices(cfg: Config, p: list[str]) -> None:
         p.append(f"trainer.runtime=local places no worker on a GPU, but {', '.join(on_gpus)}: use "
                  f"trainer.runtime=ray (it gives each worker its GPUs), or set these to 0")
     (lk, lg), (rk, rg) = roles[:2]
+    if cfg.rollout.backend == "hf" and rg > 0:
+        p.append(f"rollout.backend=hf with {rk}={rg}: the transformers engine runs on CPU (a debugging engine); "
+                 f"use rollout.backend=vllm on GPUs, or set {rk}=0")
     if (lg > 0) != (rg > 0) and not res.colocate:  # colocation checks its pair's GPUs itself
         p.append(f"{lk}={lg} and {rk}={rg}: the learner and the rollout engines must both have GPUs (weight sync "
                  f"over NCCL) or both have none (gloo); give both GPUs, or set both to 0")
@@ -492,7 +508,7 @@ def _check_colocation(cfg: Config, p: list[str]) -> None:
     if not res.colocate:
         return
     if res.learner.num_workers != res.rollout.num_workers:
-        p.append(f"resources.colocate=true pairs engine i with learner rank i: resources.rollout.num_workers="
+        p.append(f"resources.colocate=true pairs each engine with the learner rank on its GPU: resources.rollout.num_workers="
                  f"{res.rollout.num_workers} must equal resources.learner.num_workers={res.learner.num_workers}")
     gpus = (res.learner.gpus_per_worker, res.rollout.gpus_per_worker)
     if min(gpus) <= 0 or abs(sum(gpus) - 1.0) > 1e-6:
@@ -513,8 +529,10 @@ def _check_tensor_parallel(cfg: Config, p: list[str]) -> None:
         p.append(f"rollout.tensor_parallel_size={tp}: must be >= 1")
     if tp <= 1:
         return
-    if cfg.resources.rollout.gpus_per_worker <= 0:
-        p.append(f"rollout.tensor_parallel_size={tp} needs GPUs (vLLM on CPU runs one rank per engine): set "
+    gpus = cfg.resources.rollout.gpus_per_worker
+    if gpus != 1:
+        p.append(f"rollout.tensor_parallel_size={tp} with resources.rollout.gpus_per_worker={gpus}: a tensor-parallel "
+                 f"engine runs one rank per whole GPU (vLLM on CPU runs one rank per engine); set "
                  f"resources.rollout.gpus_per_worker=1 (each engine then takes {tp} GPUs), or "
                  f"rollout.tensor_parallel_size=1")
     if cfg.rollout.backend != "vllm":

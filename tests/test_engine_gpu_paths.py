@@ -86,11 +86,16 @@ def _config(tp: int, gpus: float, **changes) -> Config:
 
 
 def test_tensor_parallel_engines_need_gpus_and_take_one_per_rank():
-    with pytest.raises(ConfigError, match=r"rollout.tensor_parallel_size=2 needs GPUs .* set "
-                                          r"resources.rollout.gpus_per_worker=1 \(each engine then takes 2 GPUs\)"):
-        validate(_config(2, 0.0), registered_names())
+    for gpus in (0.0, 0.5, 2.0):  # a TP engine takes tp whole GPUs: gpus_per_worker counts per rank
+        with pytest.raises(ConfigError, match=rf"rollout.tensor_parallel_size=2 with resources.rollout.gpus_per_worker="
+                                              rf"{gpus}: .* set resources.rollout.gpus_per_worker=1 \(each engine then "
+                                              rf"takes 2 GPUs\)"):
+            validate(_config(2, gpus), registered_names())
     with pytest.raises(ConfigError, match=r"rollout.tensor_parallel_size=2 needs rollout.backend=vllm"):
         validate(_config(2, 1.0, rollout__backend="hf"), registered_names())
+    with pytest.raises(ConfigError, match=r"rollout.backend=hf with resources.rollout.gpus_per_worker=1.0: the "
+                                          r"transformers engine runs on CPU"):
+        validate(_config(1, 1.0, rollout__backend="hf"), registered_names())
     with pytest.raises(ConfigError, match=r"rollout.tensor_parallel_size=0: must be >= 1"):
         validate(_config(0, 0.0), registered_names())
     cfg = _config(4, 1.0)

@@ -27,6 +27,7 @@ case "$STUB_CASE/$(basename "$1")" in
   b/gpu_learner_mfu.py) exit 124 ;;
   b/gpu_check_colocate.py) echo '{"check": "colocate", "skipped": "no CUDA device"}'; exit 2 ;;
   b/gpu_check_correction.py) echo "usage: gpu_check_correction.py [--out OUT]" >&2; exit 2 ;;
+  c/*) echo "ModuleNotFoundError: No module named 'transformers'" >&2; exit 1 ;;
 esac
 '''
 
@@ -82,6 +83,14 @@ def test_timeouts_and_usage_errors_fail_a_scripts_own_skip_does_not(stub_repo):
     assert summary(stub_repo / "out") == {"learner_mfu": "fail: timed out after 240 s",
                                           "colocate": "skipped: no CUDA device",
                                           "correction": "fail: exit 2 (see correction.log)"}
+
+
+def test_a_module_other_than_vllm_or_ray_missing_is_a_failure(stub_repo):
+    """A GPU image without transformers is broken: it must not pass as "skipped"."""
+    out = run_stub(stub_repo, "c")
+    assert out.returncode == 1
+    assert set(summary(stub_repo / "out").values()) == {"fail: exit 1 (see learner_mfu.log)", "fail: exit 1 (see colocate.log)",
+                                                       "fail: exit 1 (see correction.log)"}
 
 
 def test_a_missing_check_script_is_skipped_by_name(stub_repo):

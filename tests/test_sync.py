@@ -2,12 +2,13 @@
 NCCL group's timeout, set-up errors and rank layout, and the GPU pairing of CUDA IPC handles."""
 import multiprocessing as mp
 import time
+import types
 
 import pytest
 import torch
 
 from parkrl.sync import TensorMeta, free_port, init_sync_group, metas_of, plan_buckets, receive_tensors, send_tensors
-from parkrl.sync.process_group import NcclSyncGroup, NcclWork, sync_rank, sync_world_size, wait
+from parkrl.sync.process_group import NcclSyncGroup, NcclWork, close_sync_group, sync_rank, sync_world_size, wait
 
 
 def test_plan_buckets_respects_size_and_dtype():
@@ -126,6 +127,7 @@ class _FakeNccl(NcclSyncGroup):
 
     def __init__(self) -> None:
         self.name, self.sent, self.aborted = "weight-sync group (nccl, rank 1 of 3)", [], 0
+        self.comm = types.SimpleNamespace(disabled=False)
 
     def broadcast_async(self, tensor: torch.Tensor) -> NcclWork:
         self.sent.append(tensor)
@@ -154,6 +156,17 @@ def test_buckets_travel_over_an_nccl_group_through_the_same_interface():
     assert group.aborted == 0
     with pytest.raises(ValueError, match="unknown sync backend 'mpi'"):
         init_sync_group("127.0.0.1", free_port(), 0, 1, "mpi", 5)
+
+
+def test_a_replaced_nccl_group_is_aborted_and_gloo_needs_nothing():
+    """Re-joining after an engine restart first lets go of the old communicator (GPU buffers)."""
+    group = _FakeNccl()
+    close_sync_group(group)
+    assert group.aborted == 1
+    group.comm.disabled = True  # already aborted by a failed broadcast: not again
+    close_sync_group(group)
+    assert group.aborted == 1
+    close_sync_group(None)  # the first join
 
 
 @pytest.mark.parametrize("failure", ["barrier", "no_nccl"])

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from parkrl.algorithms.kl import clamped_log_ratio, k3
+from parkrl.config import ROLLOUT_CORRECTIONS as MODES
 from parkrl.config import AlgorithmConfig
-
-MODES = ("off", "tis", "seq_tis", "mask", "seq_mask")
 
 
 def resolve_mode(mode: str, learner_dtype: str, engine_dtype: str, one_step_off: bool) -> str:
@@ -77,7 +76,8 @@ def rollout_correction(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tenso
         outside = on & ((ratio < cfg.rollout_is_low) | (ratio > cfg.rollout_is_high))
         weights = torch.where(outside, zeros, torch.where(on, ratio, ones))
         return Correction(weights, zeros, outside.float())
-    raise ValueError(f"algorithm.rollout_correction={mode!r}: choose one of auto, {', '.join(MODES)}")
+    raise ValueError(f"algorithm.rollout_correction={mode!r}: choose one of {', '.join(MODES)} (auto is resolved "
+                     f"first, by resolve_mode)")
 
 
 def rollout_kl(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor) -> torch.Tensor:

@@ -86,6 +86,20 @@ def resolve_data_path(path: str, key: str) -> str:
     return path
 
 
+SPLITS = ("train", "test", "validation", "eval", "dev")
+_SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
+
+
+def _split_of(relative: Path) -> str | None:
+    """The data-set split a file's path names ("data/train-00000-of-00002.parquet" -> "train"),
+    as the hub and `datasets` name them; None when it names none."""
+    for word in re.split(r"[^a-z]+", relative.as_posix().lower()):
+        word = _SPLIT_ALIASES.get(word, word)
+        if word in SPLITS:
+            return word
+    return None
+
+
 def _files(path: str, key: str) -> list[tuple[Path, str]]:
     """The files to read, each with the name errors show (a lone file: as the config gave it)."""
     given = resolve_data_path(path, key)
@@ -98,6 +112,13 @@ def _files(path: str, key: str) -> list[tuple[Path, str]]:
             found = sorted(f.name for f in resolved.iterdir())[:8]
             raise DatasetError(f"{key}={path!r}: the directory holds no {suffixes} files (found: "
                                f"{', '.join(found) or 'nothing'})")
+        splits = {name: [f for f in files if _split_of(f.relative_to(resolved)) == name] for name in SPLITS}
+        splits = {name: found for name, found in splits.items() if found}
+        if len(splits) > 1:  # a hub snapshot: train and test side by side
+            parts = "; ".join(f"{name}: {found[0].relative_to(resolved)}" + (f" (+{len(found) - 1})" if len(found) > 1 else "")
+                              for name, found in splits.items())
+            raise DatasetError(f"{key}={path!r}: the directory holds several splits ({parts}); reading them all would "
+                               f"mix them. Give one split's file or subdirectory, e.g. {key}={files[0].parent}")
         return [(f, str(f)) for f in files]
     if not resolved.is_file():
         raise DatasetError(f"{key}={path!r}: no such file or directory (give a {suffixes} file, a directory of "
@@ -189,14 +210,16 @@ def _fetch(picked: list[tuple[_Table, int]]) -> list[tuple[_Table, dict[str, Any
         if id(t) in wanted:
             indices = sorted(set(wanted[id(t)]))
             rows = t.rows.select(indices).to_list() if len(indices) < len(t) else t.rows.to_list()
-            got.update({(id(t), i): _from_table(row) for i, row in zip(indices, rows)})
+            csv = Path(t.file).suffix == ".csv"
+            got.update({(id(t), i): _from_table(row, csv) for i, row in zip(indices, rows)})
     return [(t, got[(id(t), i)] if t.lines is None else t.rows[i], i) for t, i in picked]
 
 
-def _from_table(row: dict[str, Any]) -> dict[str, Any]:
-    """A table row as a JSONL row would be: null cells are absent fields, and a float that is a
-    whole number (a CSV integer column with a gap reads as floats) is an int."""
-    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in row.items() if v is not None}
+def _from_table(row: dict[str, Any], csv: bool) -> dict[str, Any]:
+    """A table row as a JSONL row would be: a null cell is a None field (reported as empty), and
+    in a CSV file a float that is a whole number is an int (a CSV integer column with a gap
+    reads as floats; Parquet and Arrow keep their types, as JSONL does)."""
+    return {k: int(v) if csv and isinstance(v, float) and v.is_integer() else v for k, v in row.items()}
 
 
 def _field(row: dict[str, Any], key: str) -> Any:
@@ -224,6 +247,9 @@ def _suggest(present: list[str], names: tuple[str, ...], taken: set[str]) -> str
 def _sample(row: dict[str, Any], where: str, data: DataConfig) -> dict[str, Any]:
     present = sorted(k for k, v in row.items() if v is not None)
     answer = _field(row, data.answer_key)
+    if answer is None and data.answer_key in row:
+        raise DatasetError(f"{where}: the {json.dumps(data.answer_key)} field is empty (null); fill it in, or leave "
+                           f"such rows out (data.filter, or drop them from the file)")
     if answer is None:
         close = _suggest(present, ANSWER_FIELDS, {data.prompt_key, data.messages_key})
         fix = (f"set data.answer_key={close}" if close else
@@ -253,7 +279,8 @@ def _sample(row: dict[str, Any], where: str, data: DataConfig) -> dict[str, Any]
         got = "" if prompt is None else f"; {json.dumps(data.prompt_key)} is a {type(prompt).__name__}, not text"
         raise DatasetError(f"{where}: missing field {json.dumps(data.prompt_key)} (a string) or "
                            f"{json.dumps(data.messages_key)} (fields present: {present}){got}; {fix}")
-    return {**row, "question": question, "answer": str(answer), "messages": messages}
+    fields = {k: v for k, v in row.items() if v is not None}  # an empty cell is an absent field downstream
+    return {**fields, "question": question, "answer": str(answer), "messages": messages}
 
 
 def _text(value: Any) -> str:

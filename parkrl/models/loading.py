@@ -218,14 +218,16 @@ def load_causal_lm(path: str, dtype: torch.dtype | None = None):
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """torch dtype for a config dtype name; "auto" picks bfloat16 where this machine computes
-    it natively (a GPU, or a CPU with AVX512-BF16 or AMX) and float32 elsewhere."""
+def resolve_dtype(name: str, on_gpu: bool | None = None) -> torch.dtype:
+    """torch dtype for a config dtype name; "auto" picks bfloat16 where the worker computes it
+    natively (a GPU, or a CPU with AVX512-BF16 or AMX) and float32 elsewhere. `on_gpu`: whether
+    the worker computes on a GPU (its role was given GPUs); None = whether CUDA is visible here,
+    which a worker given no GPU on a GPU node also sees (Ray does not hide them)."""
     import torch
 
     if name != "auto":
         return getattr(torch, name)
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() if on_gpu is None else on_gpu:
         return torch.bfloat16
     try:
         flags = Path("/proc/cpuinfo").read_text()

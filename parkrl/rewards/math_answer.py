@@ -1,6 +1,7 @@
 """A reward for math answers: equivalence checked by math-verify (LaTeX, fractions, numbers)."""
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -18,7 +19,8 @@ class MathVerifyReward(RewardFunction):
     """1.0 when the completion's final answer equals sample["answer"] mathematically, else 0.0.
 
     math-verify (Hugging Face) extracts the completion's answer, preferring a `\\boxed{...}`
-    and else its last expression, and compares it with the reference symbolically and
+    and else the expressions it finds in the text (for "The answer is 5. Then 6." that is 5, not
+    the last number: ask for \\boxed{} in the system prompt, as recipe=gsm8k does), and compares it with the reference symbolically and
     numerically: `\\boxed{\\frac{1}{2}}` matches 0.5, `1,000` matches 1000, `$\\sqrt{4}$` matches 2.
     A GSM8K reference ("... #### 72", or just "72") counts its number after "####". A completion
     with no answer in it scores 0.0; a score of 1.0 counts as correct in eval/accuracy.
@@ -60,5 +62,8 @@ class MathVerifyReward(RewardFunction):
             parsed = parse(text, parsing_timeout=timeout)
             if not parsed and "$" not in text:  # bare LaTeX such as \frac{1}{2} or \pi
                 parsed = parse(f"${text}$", parsing_timeout=timeout)
+            if not parsed:
+                print(f"[parkrl] warning: MathVerifyReward cannot parse the reference answer {answer[:80]!r}; every "
+                      f"completion for it scores 0 (check data.answer_key)", file=sys.stderr, flush=True)
             self._gold[answer] = parsed
         return self._gold[answer]

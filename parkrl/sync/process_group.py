@@ -113,6 +113,13 @@ def init_sync_group(host: str, port: int, rank: int, world_size: int, backend: s
     return group
 
 
+def close_sync_group(group: SyncGroup | None) -> None:
+    """Let go of a sync group before joining its replacement (after an engine restart): an NCCL
+    communicator holds GPU buffers until destroyed; a gloo group is freed with its last reference."""
+    if isinstance(group, NcclSyncGroup) and not group.comm.disabled:
+        group.abort()
+
+
 def _nccl_group(host: str, port: int, rank: int, world_size: int, timeout_s: float) -> NcclSyncGroup:
     """vLLM's stateless_init_process_group (vllm.distributed.weight_transfer.nccl_common), with
     a store timeout and a barrier first: ncclCommInitRank itself would wait for a missing rank

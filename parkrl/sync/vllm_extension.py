@@ -17,7 +17,7 @@ import logging
 from parkrl.sync.buckets import TensorMeta, receive_tensors
 from parkrl.sync.cpu_load import CPUWeightLoader
 from parkrl.sync.ipc import gpu_uuid, open_shared
-from parkrl.sync.process_group import init_sync_group
+from parkrl.sync.process_group import close_sync_group, init_sync_group
 
 
 class _NoRotaryReloadWarning(logging.Filter):
@@ -43,6 +43,8 @@ class WeightSyncExtension:
 
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_ROTARY_FILTER)
         rank = first_rank + get_tensor_model_parallel_rank()
+        close_sync_group(getattr(self, "_parkrl_sync", (None,))[0])
+        self._parkrl_sync = None
         group = init_sync_group(host, port, rank, world_size, backend, timeout_s)
         self._parkrl_sync = (group, timeout_s, self.device)
 

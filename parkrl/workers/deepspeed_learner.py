@@ -15,7 +15,6 @@ import os
 
 import torch
 
-from parkrl.models.loading import resolve_dtype
 from parkrl.models.lora import plain_names
 from parkrl.workers.learner import Learner
 
@@ -43,7 +42,7 @@ class DeepSpeedLearner(Learner):
             "zero_force_ds_cpu_optimizer": False,  # torch's AdamW, like the FSDP2 backend
             "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False,
         }
-        if resolve_dtype(lc.dtype) == torch.bfloat16:  # bf16 compute; gradients summed and reduced in fp32, as FSDP2
+        if self.compute_dtype == torch.bfloat16:  # bf16 compute; gradients summed and reduced in fp32, as FSDP2
             conf["bf16"] = {"enabled": True}
             conf["data_types"] = {"grad_accum_dtype": "fp32"}
             conf["communication_data_type"] = "fp32"
@@ -55,7 +54,7 @@ class DeepSpeedLearner(Learner):
             trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
             optimizer = self._adamw(trainable, lr)
         elif self.cfg.learner.zero_stage < 3:  # a frozen model has nothing to shard below stage 3
-            return model.to(resolve_dtype(self.cfg.learner.dtype)), None  # the policy's compute dtype
+            return model.to(self.compute_dtype), None  # the policy's compute dtype
         # DeepSpeed reads the local device index from the launcher's env; a Ray actor sees only its own GPU(s).
         os.environ.setdefault("LOCAL_RANK", str(self.device.index or 0))
         engine, ds_optimizer, _, _ = _deepspeed().initialize(model=model, optimizer=optimizer, config=self._ds_config())

@@ -26,7 +26,8 @@ class EngineWorker:
         r = cfg.rollout
         self.rank = rank
         self.cfg, self.model_path = cfg, model_path
-        self.dtype = str(resolve_dtype(r.dtype)).removeprefix("torch.")  # `auto` resolved on this engine's node
+        # `auto` resolved for this engine's device on its node
+        self.dtype = str(resolve_dtype(r.dtype, on_gpu=cfg.resources.rollout.gpus_per_worker > 0)).removeprefix("torch.")
         self.engine = make_engine(
             r.backend, model_path, dtype=self.dtype,
             max_model_len=r.max_model_len, kv_cache_gib=r.kv_cache_gib, seed=cfg.trainer.seed + rank,

@@ -16,7 +16,6 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from parkrl.models.loading import resolve_dtype
 from parkrl.models.lora import plain_names
 from parkrl.sync.buckets import TensorMeta
 from parkrl.sync.ipc import share
@@ -27,7 +26,7 @@ class FSDPLearner(Learner):
     """One rank of the FSDP2 learner group."""
 
     def _wrap(self, model: torch.nn.Module, lr: float | None) -> tuple[torch.nn.Module, object]:
-        mp = MixedPrecisionPolicy(param_dtype=resolve_dtype(self.cfg.learner.dtype), reduce_dtype=torch.float32)
+        mp = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
         lm = model.lm if hasattr(model, "lm") else model.backbone
         layer_classes = set(getattr(lm, "_no_split_modules", None) or [])
         for module in model.modules():

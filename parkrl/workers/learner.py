@@ -55,7 +55,7 @@ from parkrl.models.response import (
 )
 from parkrl.plugins import import_plugins
 from parkrl.sync.buckets import TensorMeta, metas_of, send_tensors, tied_names
-from parkrl.sync.process_group import free_port, init_sync_group, node_ip
+from parkrl.sync.process_group import close_sync_group, free_port, init_sync_group, node_ip
 from parkrl.workers.microbatch import plan_micro_batches, split_to_count
 from parkrl.workers.process import peak_rss_gib, role_device, set_torch_threads
 
@@ -81,9 +81,10 @@ class Learner:
         import_plugins(cfg.trainer.imports)
         self.cfg, self.model_path, self.rank, self.world_size = cfg, model_path, rank, world_size
         self.device = role_device(cfg.resources.learner.gpus_per_worker, "resources.learner.gpus_per_worker")
+        self.compute_dtype = resolve_dtype(cfg.learner.dtype, on_gpu=self.device.type == "cuda")
         self._sync_group = None
         # Until the engines report the dtype they compute in, assume rollout.dtype resolved here.
-        self.resolve_rollout_correction(str(resolve_dtype(cfg.rollout.dtype)))
+        self.resolve_rollout_correction(str(resolve_dtype(cfg.rollout.dtype, on_gpu=cfg.resources.rollout.gpus_per_worker > 0)))
 
     # ---- set-up -------------------------------------------------------------------------------
     def free_address(self) -> tuple[str, int]:
@@ -117,8 +118,7 @@ class Learner:
     def resolve_rollout_correction(self, engine_dtype: str) -> str:
         """`algorithm.rollout_correction` with `auto` resolved against this rank's compute dtype
         and the engines' (`engine_dtype`, as they report it); used from here on. Returns it."""
-        learner_dtype = resolve_dtype(self.cfg.learner.dtype)
-        self.correction = resolve_mode(self.cfg.algorithm.rollout_correction, str(learner_dtype), engine_dtype,
+        self.correction = resolve_mode(self.cfg.algorithm.rollout_correction, str(self.compute_dtype), engine_dtype,
                                        self.cfg.rollout.one_step_off)
         return self.correction
 
@@ -383,7 +383,8 @@ class Learner:
         (wire format). They travel in the engines' dtype, `dtype` as the engines report it
         (default: rollout.dtype resolved here): the learner's fp32 master weights are cast on
         the way, so a bf16 engine gets half the bytes and exactly what vLLM's own cast gave."""
-        dtype = getattr(torch, dtype) if dtype else resolve_dtype(self.cfg.rollout.dtype)
+        dtype = getattr(torch, dtype) if dtype else resolve_dtype(self.cfg.rollout.dtype,
+                                                                  on_gpu=self.cfg.resources.rollout.gpus_per_worker > 0)
         # A tied output head is named too (vLLM on CPU keeps its own repacked copy of it) but
         # travels once: the engines receive it under both names.
         tied = {plain_name(name): plain_name(source) for name, source in tied_names(self._policy_lm()).items()}
@@ -395,6 +396,8 @@ class Learner:
 
     def join_sync_group(self, host: str, port: int, world_size: int, backend: str) -> None:
         """Rank 0 only: join the sync group as its rank 0 (hosting its store)."""
+        close_sync_group(self._sync_group)  # the group before an engine restart
+        self._sync_group = None
         self._sync_group = init_sync_group(host, port, 0, world_size, backend, self.cfg.trainer.sync_timeout_s)
 
     def push_weights(self, wire_metas: list) -> int:
