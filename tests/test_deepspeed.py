@@ -26,6 +26,7 @@ def _rank(rank: int, backend: str, stage: int, model_dir: str, port: int, out: s
     cfg.learner.dtype, cfg.learner.lr, cfg.learner.grad_clip = "float32", 1e-3, 0.5  # clipping is active
     cfg.learner.micro_batch_size, cfg.learner.max_tokens_per_micro_batch = 4, 24
     cfg.resources.learner.cpus_per_worker = 1
+    cfg.algorithm.rollout_correction = "off"  # the batch's engine logprobs are placeholders (-1.0)
     learner = learner_class(backend)(cfg, model_dir, rank, 2)
     learner.setup("127.0.0.1", port)
     batch = zero_advantage_batch(16, zero_rows)

@@ -31,6 +31,7 @@ def grad_norm_and_loss(model_dir: str, micro_batch_size: int, max_tokens: int = 
     cfg = Config()
     cfg.learner.dtype, cfg.learner.micro_batch_size, cfg.learner.grad_clip = "float32", micro_batch_size, 1e9
     cfg.learner.max_tokens_per_micro_batch = max_tokens
+    cfg.algorithm.rollout_correction = "off"  # the batch's engine logprobs are placeholders (-1.0)
     learner = FSDPLearner(cfg, model_dir, rank=0, world_size=1)
     learner.setup(*learner.free_address())
     metrics = learner.update(random_batch())
@@ -61,6 +62,7 @@ def _update_twice(model_dir: str, batch: TrajectoryBatch, skip: bool, kl_in_loss
     cfg = Config()
     cfg.learner.dtype, cfg.learner.micro_batch_size, cfg.learner.lr, cfg.learner.grad_clip = "float32", 4, 1e-3, grad_clip
     cfg.learner.weight_decay = weight_decay
+    cfg.algorithm.rollout_correction = "off"  # the batch's engine logprobs are placeholders (-1.0)
     if kl_in_loss:
         cfg.algorithm.kl_coef = 0.1
         batch.add("ref_logprobs", batch.padded([[-1.0] * n for n in batch.response_lengths.tolist()]))
@@ -167,6 +169,7 @@ def test_a_loss_with_gradient_at_zero_advantage_opts_out_of_skipping(tiny_model_
     for name in ("test_only_regularised", "test_only_plain"):
         cfg = Config()
         cfg.learner.dtype, cfg.learner.micro_batch_size, cfg.algorithm.policy_loss = "float32", 4, name
+        cfg.algorithm.rollout_correction = "off"  # the batch's engine logprobs are placeholders (-1.0)
         learner = FSDPLearner(cfg, tiny_model_dir, rank=0, world_size=1)
         learner.setup(*learner.free_address())
         skipped[name] = learner.update(zero_advantage_batch(8, (0, 1, 2, 3)))["learner/skipped_samples"]

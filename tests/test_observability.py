@@ -142,6 +142,9 @@ NOISE_LINES = [
     WORKER + "  if hasattr(value, \"__dict__\"):",
     "\x1b[36m(FSDPLearner pid=16217)\x1b[0m Writing model shards: 100%|##########| 1/1 [00:00<00:00, 17.32it/s]",
     WORKER,
+    # parkrl.infer's engines run in Ray Data actors, whose names nest parentheses
+    "\x1b[36m(MapWorker(MapBatches(Generate)) pid=4567)\x1b[0m Attempted to load weight lm_head.weight with dtype "
+    "torch.float32 into parameter with dtype torch.bfloat16",
 ]
 SHOWN_LINES = [
     "[parkrl] model /tmp/tiny | 45 train / 4 eval questions",

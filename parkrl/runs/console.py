@@ -27,7 +27,8 @@ from typing import TextIO
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Ray's prefix of a forwarded worker line: "(EngineWorker pid=123)" or "(FSDPLearner pid=7, ip=10.0.0.2)".
-_RAY_PREFIX = re.compile(r"^(?:\((?:[^()]*? )?pid=[^)]*\) ?)+")
+# "(EngineWorker pid=12) ", "(pid=12, ip=...) ", Ray Data's "(MapWorker(MapBatches(Generate)) pid=12) ".
+_RAY_PREFIX = re.compile(r"^(?:\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*?pid=[^)]*\) ?)+")
 
 NOISE: tuple[re.Pattern, ...] = tuple(re.compile(p) for p in (
     # INFO/DEBUG records: Ray ("2026-11-30 08:29:39,174\tINFO worker.py:2038 -- ..."), vLLM's own format

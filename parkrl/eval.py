@@ -1,0 +1,26 @@
+"""Evaluate a checkpoint on a file: `python -m parkrl.eval model.path=... data.eval_file=... infer.n=8
+infer.output=out/eval`. Runs batch inference (parkrl.infer) on the eval rows, then prints and
+writes (infer.output/eval.json) pass@k for k = 1, 2, 4, ..., n and mean@n, correctness being
+reward.cls's `is_correct`."""
+from __future__ import annotations
+
+import json
+
+from parkrl.config import Config
+from parkrl.inference.metrics import eval_metrics
+from parkrl.inference.pipeline import read_output, run_infer, say
+
+
+def evaluate(cfg: Config) -> dict[str, float]:
+    summary = run_infer(cfg, "eval")
+    metrics = eval_metrics(read_output(summary.output))
+    (summary.output / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    say("[parkrl] eval: " + " | ".join(f"{k} {v:.4f}" if "@" in k else f"{k} {int(v)}" for k, v in metrics.items())
+        + f" -> {summary.output / 'eval.json'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    from parkrl.inference.cli import main
+
+    main(evaluate)
