@@ -142,6 +142,11 @@ NOISE_LINES = [
     WORKER + "  if hasattr(value, \"__dict__\"):",
     "\x1b[36m(FSDPLearner pid=16217)\x1b[0m Writing model shards: 100%|##########| 1/1 [00:00<00:00, 17.32it/s]",
     WORKER,
+    "[2026-11-30 11:57:30,148 E 31342 31550] core_worker.cc:2465: Actor with class name: 'MapWorker(MapBatches("
+    "PromptIds))' and ID: '57621b30f66bb3964d72f63201000000' has constructor arguments in the object store and "
+    "max_restarts > 0. If the arguments in the object store go out of scope or are lost, the actor restart will fail.",
+    "2026-11-30 11:57:30,221\tWARNING __init__.py:28 -- Progress bars disabled. To enable, set "
+    "`ray.data.DataContext.get_current().enable_progress_bars = True`.",
     # parkrl.infer's engines run in Ray Data actors, whose names nest parentheses
     "\x1b[36m(MapWorker(MapBatches(Generate)) pid=4567)\x1b[0m Attempted to load weight lm_head.weight with dtype "
     "torch.float32 into parameter with dtype torch.bfloat16",

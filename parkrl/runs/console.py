@@ -53,6 +53,10 @@ NOISE: tuple[re.Pattern, ...] = tuple(re.compile(p) for p in (
     r"^OMP_NUM_THREADS=\d+ is set; leaving Torch threads",
     r"NUMA binding: Using MEMBIND policy",
     r"Setting accelerator to CPU",
+    # Ray about Ray Data's actor pools (parkrl.infer), whose constructor arguments stay referenced
+    r"core_worker\.cc:\d+: Actor with class name: '[^']*' and ID: '\w+' has constructor arguments in the object "
+    r"store and max_restarts > 0",
+    r"\bWARNING __init__\.py:\d+ -- Progress bars disabled",
 ))
 # A Python warning raised inside an installed package; its next line (the source line) goes with it.
 _PACKAGE_WARNING = re.compile(r"[/\\](site|dist)-packages[/\\].*:\d+: \w*(Deprecation|Future)Warning: ")
