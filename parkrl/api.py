@@ -17,12 +17,12 @@ once to `<trainer.output_dir>/data/{train,eval}.jsonl` and read from there like 
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 from parkrl.config import Config, ConfigError
+from parkrl.data.files import write_jsonl
 from parkrl.rewards.base import FunctionReward, RewardFunction
 
 RewardLike = Union[RewardFunction, Callable[[list[str], list[dict[str, Any]]], Sequence[float]]]
@@ -93,14 +93,14 @@ def data_file(data: Any, path: Path, name: str) -> str:
         return str(data)
     if isinstance(data, Mapping) or not isinstance(data, Iterable):
         raise ConfigError(f"{name}: give a path, a list of dicts or a datasets.Dataset, not a {type(data).__name__}")
-    lines = []
+    rows = []
     for k, row in enumerate(data):
         if not isinstance(row, Mapping):
             raise ConfigError(f"{name}[{k}] is a {type(row).__name__}; each row must be a dict such as "
                               f"{{'question': ..., 'answer': ...}}")
-        lines.append(json.dumps(dict(row), default=str))
-    if not lines:
+        rows.append(dict(row))
+    if not rows:
         raise ConfigError(f"{name} is empty: give at least one row")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_jsonl(path, rows)
     return str(path)

@@ -225,7 +225,8 @@ def test_engine_actor_killed_mid_job_is_replaced(tiny_model_dir, tmp_path, ray_s
 def test_filter_and_sample_pick_from_scored_samples(tiny_model_dir, tmp_path, monkeypatch):
     """On a complete output directory (no engine needed: every shard is there), filter keeps the
     rows whose pass rate is in [min_pass, max_pass] and sample writes the chosen conversations."""
-    from parkrl.inference.pipeline import MANIFEST, write_jsonl
+    from parkrl.data.files import write_jsonl
+    from parkrl.inference.pipeline import MANIFEST
     from parkrl.inference.select import filter_prompts, sample_sft
 
     no_cluster(monkeypatch)  # nothing to generate

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 from dataclasses import dataclass, replace
@@ -325,3 +326,19 @@ class RowFilter:
 
     def matches(self, value: Any) -> bool:
         return (value is not None and _text(value) in self.values) != self.negate
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """`rows` as JSON lines at `path` (what this module reads), written atomically."""
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """`data` at `path` via a temporary file in the same folder, fsynced and renamed: a reader
+    (or a rerun after a kill) sees the whole file or none of it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

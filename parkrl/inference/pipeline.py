@@ -35,7 +35,7 @@ from types import SimpleNamespace
 from typing import Any, Iterator
 
 from parkrl.config import Config, ConfigError, DataConfig, RewardConfig, validate
-from parkrl.data.files import read_rows
+from parkrl.data.files import atomic_write, read_rows, write_jsonl
 from parkrl.data.reasoning_gym import task_samples
 
 MANIFEST = "_infer.json"  # what the shards of an output directory were made with
@@ -116,7 +116,7 @@ def prepare_output(cfg: Config, manifest: dict[str, Any]) -> Path:
                               f"{'; '.join(changed)}); rerun with those settings to complete it, or give a new "
                               f"infer.output")
     else:
-        _atomic_write(old, json.dumps(manifest, indent=2).encode())
+        atomic_write(old, json.dumps(manifest, indent=2).encode())
     for stale in out.glob(".shard-*.tmp-*"):  # a killed job's half-written shard
         stale.unlink(missing_ok=True)
     return out
@@ -139,20 +139,6 @@ def read_output(out: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["row_id"], r["sample"]))
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """`rows` as JSON lines at `path`, written atomically."""
-    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_shard(path: Path, rows: list[dict[str, Any]], fmt: str) -> None:
     """One shard, sorted by (row_id, sample), at `path`: written to a temporary name, then renamed."""
     rows = sorted(rows, key=lambda r: (r["row_id"], r["sample"]))
@@ -164,7 +150,7 @@ def _write_shard(path: Path, rows: list[dict[str, Any]], fmt: str) -> None:
 
     buf = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows), buf)
-    _atomic_write(path, buf.getvalue().to_pybytes())
+    atomic_write(path, buf.getvalue().to_pybytes())
 
 
 # ---- the stages (Ray Data UDFs) --------------------------------------------------------------

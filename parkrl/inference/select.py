@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from parkrl.config import Config
+from parkrl.data.files import write_jsonl
 from parkrl.inference.metrics import by_prompt, pass_rates
-from parkrl.inference.pipeline import read_output, run_infer, say, write_jsonl
+from parkrl.inference.pipeline import read_output, run_infer, say
 
 FILTERED = "filtered.jsonl"
 SFT = "sft.jsonl"

@@ -305,14 +305,15 @@ class Learner:
         else:  # one per token (GAE)
             adv = mb.rows_of(advantages, rows)
         out = POLICY_LOSSES.get(a.policy_loss)(logprobs, old, adv, m, a)
-        # The engine sampled these tokens: reweight towards the learner's old policy (bf16 kernels, one step off).
-        fix = rollout_correction(old, rollout, m, self.correction, a)
-        token_loss = out.loss * fix.weights
-        stats["is_weight"] += (fix.weights * m).sum().item()
-        stats["is_capped"] += fix.capped.sum().item()
-        stats["is_masked"] += fix.masked.sum().item()
+        token_loss = out.loss
         stats["rollout_kl"] += (rollout_kl(old, rollout) * m).sum().item()
-        self._is_weight_max = max(self._is_weight_max, float(torch.where(m.bool(), fix.weights, 0.0).max()))
+        if self.correction != "off":  # the engine sampled these tokens: reweight towards the learner's old policy
+            fix = rollout_correction(old, rollout, m, self.correction, a)
+            token_loss = token_loss * fix.weights
+            stats["is_weight"] += (fix.weights * m).sum().item()
+            stats["is_capped"] += fix.capped.sum().item()
+            stats["is_masked"] += fix.masked.sum().item()
+            self._is_weight_max = max(self._is_weight_max, float(torch.where(m.bool(), fix.weights, 0.0).max()))
         aggregate = LOSS_AGGREGATIONS.get(a.loss_agg)
         loss = aggregate(token_loss, m, norm)
         if a.kl_coef > 0 and a.kl_in == "loss":
