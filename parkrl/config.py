@@ -275,21 +275,40 @@ class TrainerConfig:
 
 @dataclass
 class InferConfig:
-    # Batch inference without training (python -m parkrl.infer / parkrl.eval, docs/data.md): the
-    # rows of `input` (what data.train_file takes; "" = data.train_file for infer, data.eval_file
-    # for eval, else data.task's samples) get n completions each from rollout.*'s engine
-    # (model.path, resources.rollout.num_workers engines), are scored by reward.cls and written
-    # to the directory `output` as one shard file (parquet | jsonl) per batch_size input rows.
-    # A rerun with the same settings skips the shards already written.
+    # Batch inference without training (python -m parkrl.infer, and the eval/filter/sample
+    # commands built on it; docs/data.md): the rows of `input` (what data.train_file takes;
+    # "" = data.train_file, or data.eval_file for parkrl.eval, else data.task's samples) are read
+    # from disk a shard at a time, get n completions each from rollout.*'s engine (model.path,
+    # resources.rollout.num_workers engines), are scored by reward.cls and written to the
+    # directory `output` as one shard file (parquet | jsonl) per batch_size input rows. A rerun
+    # with the same settings skips the shards already written.
     input: str = ""
     output: str = ""
     format: str = "parquet"
     batch_size: int = 64
+    n: int = 1  # completions per row for python -m parkrl.infer
+
+
+@dataclass
+class EvalConfig:
+    # python -m parkrl.eval: n completions per row; prints and writes pass@k (k = 1, 2, 4, ..., n) and mean@n.
     n: int = 1
-    # python -m parkrl.filter keeps the rows whose share of correct samples is in [min_pass, max_pass];
-    # python -m parkrl.sample writes SFT conversations of the samples `keep` says: correct | best | all.
+
+
+@dataclass
+class FilterConfig:
+    # python -m parkrl.filter: n completions per row; keeps the rows whose share of correct ones is in
+    # [min_pass, max_pass].
+    n: int = 8
     min_pass: float = 0.0
     max_pass: float = 1.0
+
+
+@dataclass
+class SampleConfig:
+    # python -m parkrl.sample: n completions per row; writes SFT conversations of the ones `keep` says:
+    # correct | best | all.
+    n: int = 4
     keep: str = "correct"
 
 
@@ -306,6 +325,9 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
 
 def _choice(value: object, key: str, allowed: tuple, problems: list[str]) -> None:
@@ -318,7 +340,7 @@ _POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "ro
              "resources.rollout.num_workers", "trainer.worker_timeout_s", "trainer.sync_timeout_s",
              "data.eval_size", "data.train_size", "trainer.keep_checkpoints", "trainer.max_nonfinite_steps",
              "env.max_turns", "env.max_total_tokens", "env.workers", "env.step_timeout_s",
-             "infer.batch_size", "infer.n")
+             "infer.batch_size", "infer.n", "eval.n", "filter.n", "sample.n")
 _NON_NEGATIVE = ("learner.max_tokens_per_micro_batch", "learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
                  "trainer.max_worker_restarts", "trainer.samples_per_step")
 
@@ -359,9 +381,9 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     _choice(cfg.env.on_error, "env.on_error", ("raise", "end_episode"), p)
     _check_sandbox(cfg, p)
     _choice(cfg.infer.format, "infer.format", ("parquet", "jsonl"), p)
-    _choice(cfg.infer.keep, "infer.keep", ("correct", "best", "all"), p)
-    if not 0 <= cfg.infer.min_pass <= cfg.infer.max_pass <= 1:
-        p.append(f"infer.min_pass={cfg.infer.min_pass}, infer.max_pass={cfg.infer.max_pass}: need "
+    _choice(cfg.sample.keep, "sample.keep", ("correct", "best", "all"), p)
+    if not 0 <= cfg.filter.min_pass <= cfg.filter.max_pass <= 1:
+        p.append(f"filter.min_pass={cfg.filter.min_pass}, filter.max_pass={cfg.filter.max_pass}: need "
                  f"0 <= min_pass <= max_pass <= 1 (shares of a row's samples that are correct)")
     for name in cfg.trainer.loggers:
         _choice(name, "trainer.loggers[]", ("tensorboard", "wandb"), p)

@@ -1,5 +1,5 @@
 """Keep the prompts a model solves sometimes: `python -m parkrl.filter model.path=... infer.input=rows.jsonl
-infer.output=out/ infer.n=8 infer.min_pass=0.1 infer.max_pass=0.9` writes out/filtered.jsonl
+infer.output=out/ filter.n=8 filter.min_pass=0.1 filter.max_pass=0.9` writes out/filtered.jsonl
 (parkrl.inference.select.filter_prompts; docs/data.md)."""
 from __future__ import annotations
 

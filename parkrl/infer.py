@@ -9,7 +9,7 @@ from parkrl.inference.pipeline import InferSummary, run_infer
 
 
 def infer(cfg: Config) -> InferSummary:
-    return run_infer(cfg, "infer")
+    return run_infer(cfg)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """SFT data from a model's own samples: `python -m parkrl.sample model.path=... infer.input=rows.jsonl
-infer.output=out/ infer.n=4 infer.keep=correct` writes out/sft.jsonl
+infer.output=out/ sample.n=4 sample.keep=correct` writes out/sft.jsonl
 (parkrl.inference.select.sample_sft; docs/data.md)."""
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ def prompts_and_cfg(args):
     from parkrl.models import load_tokenizer, resolve_model_path
 
     cfg = compose("grpo", overrides(args))
-    _, _, rows = input_rows(cfg, "infer")
+    _, _, source = input_rows(cfg, "infer")
+    rows = source.rows(0, len(source))
     path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
     tok = load_tokenizer(path)
     from parkrl.models import chat_prompt_ids

@@ -15,7 +15,7 @@ import pytest
 from parkrl.config import ConfigError, DataConfig
 from parkrl.data import DatasetError, TaskPrompts, read_samples
 from parkrl.data.assets import cached_asset
-from parkrl.data.files import read_rows
+from parkrl.data.files import plan_rows, read_rows
 
 ROWS = [{"problem": f"What is {i} + {i}?", "solution": 2 * i, "level": ["easy", "hard", "medium"][i % 3], "tier": i % 4}
         for i in range(12)]
@@ -123,6 +123,25 @@ def test_max_rows_shuffle_and_filter(tmp_path):
     assert questions(f, filter="level=easy", max_rows=2) == easy[:2]  # filter first, then cut
     jsonl = write_jsonl(tmp_path / "d.jsonl", ROWS)
     assert questions(jsonl, filter="tier in [1,2]", shuffle=True) == questions(f, filter="tier in [1,2]", shuffle=True)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_row_plan_reads_slices_and_holds_no_row_contents(tmp_path, suffix):
+    """parkrl.infer reads its input through a RowPlan, a slice at a time: any slice equals that
+    slice of the whole read (after filter and shuffle), and the plan, pickled as Ray ships it to
+    the read stage, holds offsets or a file reference, not the rows (far smaller than they are)."""
+    import pickle
+
+    rows = [{**r, "problem": r["problem"] + " " + "padding " * 200} for r in ROWS * 20]  # 240 rows, ~400 KB
+    f = write_table(tmp_path / f"d{suffix}", rows)
+    options = replace(MAPPED, shuffle=True, filter="level!=hard")
+    whole = read_rows(f, "data.train_file", options, seed=3)
+    plan = plan_rows(f, "data.train_file", options, seed=3)
+    assert len(plan) == len(whole) == 160
+    assert plan.rows(0, 7) + plan.rows(7, 100) + plan.rows(100, 999) == whole
+    shipped = pickle.loads(pickle.dumps(plan))
+    assert shipped.rows(150, 160) == whole[150:]
+    assert len(pickle.dumps(plan)) < len(pickle.dumps(whole)) / 20
 
 
 def test_bad_filters_name_the_fix(tmp_path):

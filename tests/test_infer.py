@@ -52,7 +52,7 @@ def test_pass_at_k_by_hand():
     assert ks_for(8) == [1, 2, 4, 8] and ks_for(6) == [1, 2, 4, 6] and ks_for(1) == [1]
     rows = [{"row_id": i, "sample": j, "correct": c, "reward": float(c)}
             for i, cs in enumerate([[1, 0, 0, 0], [1, 1, 0, 0]]) for j, c in enumerate(cs)]
-    m = eval_metrics(rows)
+    m = eval_metrics([rows[:4], rows[4:]])
     assert m["pass@1"] == pytest.approx((0.25 + 0.5) / 2)
     assert m["pass@2"] == pytest.approx(((1 - 3 / 6) + (1 - 1 / 6)) / 2)
     assert m["pass@4"] == 1.0 and m["mean@4"] == pytest.approx(0.375)
@@ -79,8 +79,13 @@ def test_bad_input_named_before_any_actor(tiny_model_dir, tmp_path, monkeypatch)
         ({"model.path": str(tmp_path / "no-model")}, "model.path="),
         ({"infer.format": "csv"}, "infer.format="),
         ({"infer.n": 0}, "infer.n=0"),
+        ({"filter.min_pass": 0.5, "filter.max_pass": 0.4}, "filter.min_pass=0.5"),
+        ({"sample.keep": "some"}, "sample.keep="),
     ]
     (tmp_path / "a-file").write_text("")
+    bad = tmp_path / "bad-row.jsonl"  # row 4 of 6 lacks its answer: found by the check pass, before any actor
+    bad.write_text("".join(json.dumps(r if i != 3 else {"question": "q"}) + "\n" for i, r in enumerate(ROWS + ROWS[:1])))
+    cases.append(({"infer.input": str(bad)}, f"{bad}:4: missing field"))
     cases.append(({"infer.output": str(tmp_path / "a-file")}, "infer.output="))
     for overrides, key in cases:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -109,12 +114,12 @@ def test_eval_output_equals_a_direct_engine_call(tiny_model_dir, tmp_path, ray_s
     from parkrl.models import chat_prompt_ids, load_tokenizer
     from parkrl.workers.engine import EngineWorker
 
-    cfg = infer_config(tiny_model_dir, tmp_path, **{"trainer.seed": 7})
+    cfg = infer_config(tiny_model_dir, tmp_path, **{"trainer.seed": 7, "eval.n": 2})
     metrics = evaluate(cfg)
     rows = read_output(tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").glob("shard-*")) == [f"shard-00000{k}.parquet" for k in range(3)]
     assert [(r["row_id"], r["sample"]) for r in rows] == [(i, j) for i in range(5) for j in range(2)]
-    assert json.loads((tmp_path / "out" / "eval.json").read_text()) == metrics == eval_metrics(rows)
+    assert json.loads((tmp_path / "out" / "eval.json").read_text()) == metrics == eval_metrics([rows[i:i + 2] for i in range(0, 10, 2)])
 
     tok = load_tokenizer(tiny_model_dir)
     prompts = [chat_prompt_ids(tok, [{"role": "system", "content": cfg.data.system_prompt},
@@ -231,8 +236,8 @@ def test_filter_and_sample_pick_from_scored_samples(tiny_model_dir, tmp_path, mo
 
     no_cluster(monkeypatch)  # nothing to generate
     n, correct = 4, [[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 1], [0, 1, 0, 0]]
-    cfg = infer_config(tiny_model_dir, tmp_path, **{"infer.format": "jsonl", "infer.n": n, "infer.batch_size": 2,
-                                                    "infer.min_pass": 0.1, "infer.max_pass": 0.9})
+    cfg = infer_config(tiny_model_dir, tmp_path, **{"infer.format": "jsonl", "infer.batch_size": 2, "filter.n": n,
+                                                    "filter.min_pass": 0.1, "filter.max_pass": 0.9, "sample.n": n})
     out = tmp_path / "out"
     out.mkdir()
     (out / MANIFEST).write_text(json.dumps({
@@ -253,7 +258,7 @@ def test_filter_and_sample_pick_from_scored_samples(tiny_model_dir, tmp_path, mo
     sft = [json.loads(line) for line in sample_sft(cfg).read_text().splitlines()]
     assert [(r["row_id"], r["sample"]) for r in sft] == [(i, j) for i, cs in enumerate(correct) for j, c in enumerate(cs) if c]
     assert sft[0]["messages"] == [*messages(0), {"role": "assistant", "content": "row 0 sample 0"}]
-    cfg.infer.keep = "best"
+    cfg.sample.keep = "best"
     best = [json.loads(line) for line in sample_sft(cfg).read_text().splitlines()]
     assert [(r["row_id"], r["sample"]) for r in best] == [(0, 3), (1, 0), (2, 3), (3, 3), (4, 1)]
 

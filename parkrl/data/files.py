@@ -18,9 +18,11 @@ import logging
 import os
 import random
 import re
+from array import array
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterable, Iterator
 
 from parkrl.config import ConfigError, DataConfig
 from parkrl.data.assets import DATA_ASSETS, cached_asset
@@ -52,17 +54,26 @@ def read_samples(path: str, key: str, system_prompt: str = "", data: DataConfig 
 def read_rows(path: str, key: str, data: DataConfig, seed: int) -> list[tuple[str, dict[str, Any]]]:
     """`read_samples`, each sample with where it came from ("file:line" for JSONL, "file row N"
     otherwise); `seed` shuffles when `data.shuffle`."""
+    plan = plan_rows(path, key, data, seed)
+    return plan.rows(0, len(plan))
+
+
+def plan_rows(path: str, key: str, data: DataConfig, seed: int) -> RowPlan:
+    """Which rows of `path` `data` picks (filter, shuffle, max_rows), and in which order, without
+    holding their contents: a JSONL file is kept as line offsets, the others as `datasets`'
+    memory-mapped Arrow cache. `RowPlan.rows(start, end)` reads and maps a slice, so a reader
+    holds one slice at a time however large the data set."""
     tables = [_open(file, name) for file, name in _files(path, key)]
-    picked = [(t, i) for t in tables for i in range(len(t))]
+    picked = [(t, i) for t in range(len(tables)) for i in range(len(tables[t]))]
     if not picked:
         raise DatasetError(f"{key}={path!r}: the file has no rows" if len(tables) == 1 else
                            f"{key}={path!r}: its {len(tables)} files have no rows")
     if data.filter:
         keep = RowFilter.parse(data.filter)
-        values = {id(t): keep.column_of(t) for t in tables}
-        kept = [(t, i) for t, i in picked if keep.matches(values[id(t)][i])]
+        values = [keep.column_of(t) for t in tables]
+        kept = [(t, i) for t, i in picked if keep.matches(values[t][i])]
         if not kept:
-            seen = sorted({_text(v) for t in tables for v in values[id(t)] if v is not None})
+            seen = sorted({_text(v) for column in values for v in column if v is not None})
             raise DatasetError(f"data.filter={data.filter!r} keeps none of the {len(picked)} rows of {key}={path!r} "
                                f"(values of {keep.column!r} there: {', '.join(seen[:10]) or 'none'}"
                                f"{', ...' if len(seen) > 10 else ''})")
@@ -71,11 +82,29 @@ def read_rows(path: str, key: str, data: DataConfig, seed: int) -> list[tuple[st
         random.Random(seed).shuffle(picked)
     if data.max_rows:
         picked = picked[:data.max_rows]
-    out = []
-    for t, row, i in _fetch(picked):
-        where = t.where(i)
-        out.append((where, _sample(row, where, data)))
-    return out
+    return RowPlan(tables, picked, data)
+
+
+@dataclass
+class RowPlan:
+    """The rows a config picks from its files, in order, as (table number, row index) pairs;
+    picklable (a table re-opens its file where it is unpickled)."""
+
+    tables: list[_Table]
+    picked: list[tuple[int, int]]
+    data: DataConfig
+
+    def __len__(self) -> int:
+        return len(self.picked)
+
+    def rows(self, start: int, end: int) -> list[tuple[str, dict[str, Any]]]:
+        """Rows [start, end) of the plan as (where, sample), mapped by `data`'s keys; a
+        DatasetError names the file and row of a row that cannot be mapped."""
+        out = []
+        for t, row, i in _fetch([(self.tables[t], i) for t, i in self.picked[start:end]]):
+            where = t.where(i)
+            out.append((where, _sample(row, where, self.data)))
+        return out
 
 
 def resolve_data_path(path: str, key: str) -> str:
@@ -131,13 +160,25 @@ def _files(path: str, key: str) -> list[tuple[Path, str]]:
 
 
 class _Table:
-    """One file's rows: JSONL parsed here (rows are dicts), the others a `datasets.Dataset`."""
+    """One file's rows: a JSONL file as the byte offset and line number of each row (parsed when
+    fetched), the others as a `datasets.Dataset` (memory-mapped Arrow)."""
 
-    def __init__(self, file: str, rows: Any, lines: list[int] | None = None) -> None:
-        self.file, self.rows, self.lines = file, rows, lines  # file: its name in messages
+    def __init__(self, file: Path, name: str, builder: str, rows: Any = None,
+                 offsets: list[int] | None = None, lines: list[int] | None = None) -> None:
+        self.path, self.file, self.builder = file, name, builder  # file: its name in messages
+        self._rows, self.offsets, self.lines = rows, offsets, lines
+
+    def __getstate__(self) -> dict[str, Any]:  # the Dataset is re-opened (from the cache) where unpickled
+        return {**self.__dict__, "_rows": None if self.builder else self._rows}
+
+    @property
+    def rows(self) -> Any:
+        if self._rows is None:
+            self._rows = _load_dataset(self.path, self.file, self.builder)
+        return self._rows
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.lines) if self.lines is not None else len(self.rows)
 
     def where(self, i: int) -> str:
         return f"{self.file}:{self.lines[i]}" if self.lines is not None else f"{self.file} row {i}"
@@ -145,18 +186,47 @@ class _Table:
     def columns(self) -> list[str]:
         if self.lines is None:
             return list(self.rows.column_names)
-        return sorted({k for row in self.rows for k in row})
+        return sorted({k for row in self._jsonl_rows(range(len(self))) for k in row})
 
     def column(self, name: str) -> list[Any]:
         if self.lines is None:
             return self.rows.data.column(name).to_pylist()
-        return [row.get(name) for row in self.rows]
+        return [row.get(name) for row in self._jsonl_rows(range(len(self)))]
+
+    def fetch(self, indices: list[int]) -> list[dict[str, Any]]:
+        """Rows `indices` (sorted, distinct) as dicts."""
+        if self.lines is not None:
+            return self._jsonl_rows(indices)
+        csv = self.builder == "csv"
+        rows = self.rows.select(indices).to_list() if len(indices) < len(self) else self.rows.to_list()
+        return [_from_table(row, csv) for row in rows]
+
+    def _jsonl_rows(self, indices: Any) -> list[dict[str, Any]]:
+        with open(self.path, "rb") as f:
+            out = []
+            for i in indices:
+                f.seek(self.offsets[i])
+                out.append(json.loads(f.readline()))
+            return out
 
 
 def _open(file: Path, name: str) -> _Table:
     builder = FORMATS[file.suffix]
     if not builder:
-        return _read_jsonl(file, name)
+        return _index_jsonl(file, name)
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            empty = pq.read_metadata(file).num_rows == 0  # datasets fails on these; they are just empty
+        except Exception:  # noqa: BLE001 - reported by _load_dataset below
+            empty = False
+        if empty:
+            return _Table(file, name, "", offsets=[], lines=[])
+    return _Table(file, name, builder, _load_dataset(file, name, builder))
+
+
+def _load_dataset(file: Path, name: str, builder: str) -> Any:
     import datasets
 
     log, bars = logging.getLogger("datasets"), datasets.utils.are_progress_bars_disabled()
@@ -164,12 +234,7 @@ def _open(file: Path, name: str) -> _Table:
     log.setLevel(logging.CRITICAL)  # its own report of a bad file; ours below names the fix
     datasets.disable_progress_bars()
     try:
-        if builder == "parquet":
-            import pyarrow.parquet as pq
-
-            if pq.read_metadata(file).num_rows == 0:  # datasets fails on these; they are just empty
-                return _Table(name, [], [])
-        ds = datasets.load_dataset(builder, data_files=str(file), split="train")
+        return datasets.load_dataset(builder, data_files=str(file), split="train")
     except Exception as e:  # noqa: BLE001 - pyarrow and datasets raise many types for a bad file
         cause = e.__cause__ or e
         detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
@@ -179,41 +244,43 @@ def _open(file: Path, name: str) -> _Table:
         log.setLevel(level)
         if not bars:
             datasets.enable_progress_bars()
-    return _Table(name, ds)
 
 
-def _read_jsonl(file: Path, name: str) -> _Table:
-    rows, lines = [], []
-    with open(file, encoding="utf-8") as f:
+def _index_jsonl(file: Path, name: str) -> _Table:
+    """Each row's byte offset and line number; every line is parsed once here to check it."""
+    offsets, lines = array("q"), array("q")
+    with open(file, "rb") as f:
+        offset = 0
         for line_no, line in enumerate(f, 1):
+            start, offset = offset, offset + len(line)
             if not line.strip():
                 continue
             where = f"{name}:{line_no}"
             try:
                 row = json.loads(line)
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            offsets.append(start)
             lines.append(line_no)
-    return _Table(name, rows, lines)
+    return _Table(file, name, "", offsets=offsets, lines=lines)
 
 
 def _fetch(picked: list[tuple[_Table, int]]) -> list[tuple[_Table, dict[str, Any], int]]:
-    """The picked rows as dicts, in order; a Dataset's rows are read in one go per file."""
-    wanted: dict[int, list[int]] = {}
+    """The picked rows as dicts, in order; each file's rows are read in one go."""
+    wanted: dict[int, set[int]] = {}
+    tables = {}
     for t, i in picked:
-        if t.lines is None:
-            wanted.setdefault(id(t), []).append(i)
+        wanted.setdefault(id(t), set()).add(i)
+        tables[id(t)] = t
     got: dict[tuple[int, int], dict[str, Any]] = {}
-    for t in {id(t): t for t, _ in picked}.values():
-        if id(t) in wanted:
-            indices = sorted(set(wanted[id(t)]))
-            rows = t.rows.select(indices).to_list() if len(indices) < len(t) else t.rows.to_list()
-            csv = Path(t.file).suffix == ".csv"
-            got.update({(id(t), i): _from_table(row, csv) for i, row in zip(indices, rows)})
-    return [(t, got[(id(t), i)] if t.lines is None else t.rows[i], i) for t, i in picked]
+    for key, t in tables.items():
+        indices = sorted(wanted[key])
+        got.update({(key, i): row for i, row in zip(indices, t.fetch(indices))})
+    return [(t, got[(id(t), i)], i) for t, i in picked]
 
 
 def _from_table(row: dict[str, Any], csv: bool) -> dict[str, Any]:
@@ -328,17 +395,32 @@ class RowFilter:
         return (value is not None and _text(value) in self.values) != self.negate
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """`rows` as JSON lines at `path` (what this module reads), written atomically."""
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode())
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """`rows` (any iterable: written as they come) as JSON lines at `path` (what this module
+    reads), written atomically; returns how many."""
+    count = 0
+    with _atomic(path) as f:
+        for r in rows:
+            f.write((json.dumps(r, ensure_ascii=False, default=str) + "\n").encode())
+            count += 1
+    return count
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """`data` at `path` via a temporary file in the same folder, fsynced and renamed: a reader
     (or a rerun after a kill) sees the whole file or none of it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with _atomic(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[BinaryIO]:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

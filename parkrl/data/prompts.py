@@ -96,33 +96,47 @@ def check_prompt_lengths(data: TaskPrompts, tokenizer, max_new_tokens: int, max_
     """Every train and eval prompt, chat-templated as the engines get it, plus `max_new_tokens`
     must fit the engines' context `max_model_len`; else a DatasetError naming the rows (file and
     line, or task sample) and the keys to change. Checked when the data loads, so a too-long
-    prompt never reaches an engine. Only prompts whose rendered text has more UTF-8 bytes than
-    the room are tokenized (a token covers at least one byte), so long datasets check fast."""
+    prompt never reaches an engine."""
+    room = max_model_len - max_new_tokens
+    over = [*prompts_too_long(tokenizer, data.train, data.train_where, room),
+            *prompts_too_long(tokenizer, data.eval, data.eval_where, room)]
+    if over:
+        raise prompt_length_error(over, max_new_tokens, max_model_len, shown)
+
+
+def prompts_too_long(tokenizer, samples: list[dict], wheres: list[str], room: int) -> list[tuple[str, int]]:
+    """(where, prompt tokens) of the samples whose chat-templated prompt has more than `room`
+    tokens. Only prompts whose rendered text has more UTF-8 bytes than the room are tokenized (a
+    token covers at least one byte), so long datasets check fast."""
     from parkrl.models import chat_prompt_ids
 
+    if not samples:
+        return []
+    try:
+        texts = tokenizer.apply_chat_template([s["messages"] for s in samples], add_generation_prompt=True,
+                                              tokenize=False)
+    except ValueError as e:  # e.g. a base model without a chat template
+        raise ConfigError(f"model.path: its tokenizer cannot format chat prompts ({e}); parkrl sends prompts as "
+                          f"chat messages, so use an instruct/chat model or add a chat template") from None
+    over = []
+    for where, sample, text in zip(wheres, samples, texts):
+        if len(text.encode("utf-8")) + 1 > room:
+            n = len(chat_prompt_ids(tokenizer, sample["messages"]))
+            if n > room:
+                over.append((where, n))
+    return over
+
+
+def prompt_length_error(over: list[tuple[str, int]], max_new_tokens: int, max_model_len: int,
+                        shown: int = 5) -> DatasetError:
+    """The error for the prompts `prompts_too_long` found."""
     room = max_model_len - max_new_tokens
-    over: list[tuple[str, int]] = []
-    for samples, wheres in ((data.train, data.train_where), (data.eval, data.eval_where)):
-        if not samples:
-            continue
-        try:
-            texts = tokenizer.apply_chat_template([s["messages"] for s in samples], add_generation_prompt=True,
-                                                  tokenize=False)
-        except ValueError as e:  # e.g. a base model without a chat template
-            raise ConfigError(f"model.path: its tokenizer cannot format chat prompts ({e}); parkrl sends prompts as "
-                              f"chat messages, so use an instruct/chat model or add a chat template") from None
-        for where, sample, text in zip(wheres, samples, texts):
-            if len(text.encode("utf-8")) + 1 > room:
-                n = len(chat_prompt_ids(tokenizer, sample["messages"]))
-                if n > room:
-                    over.append((where, n))
-    if over:
-        lines = "\n  - ".join(f"{where}: {n} prompt tokens" for where, n in over[:shown])
-        more = f"\n  ... {len(over) - shown} more" if len(over) > shown else ""
-        raise DatasetError(
-            f"{len(over)} prompt(s) do not fit the engine's context: prompt tokens (chat-templated) + "
-            f"rollout.max_new_tokens={max_new_tokens} must be <= rollout.max_model_len={max_model_len}, so at most "
-            f"{room} prompt tokens:\n  - {lines}{more}\n"
-            f"Shorten or drop those rows, raise rollout.max_model_len (engine memory: rollout.kv_cache_gib), "
-            f"or lower rollout.max_new_tokens"
-        )
+    lines = "\n  - ".join(f"{where}: {n} prompt tokens" for where, n in over[:shown])
+    more = f"\n  ... {len(over) - shown} more" if len(over) > shown else ""
+    return DatasetError(
+        f"{len(over)} prompt(s) do not fit the engine's context: prompt tokens (chat-templated) + "
+        f"rollout.max_new_tokens={max_new_tokens} must be <= rollout.max_model_len={max_model_len}, so at most "
+        f"{room} prompt tokens:\n  - {lines}{more}\n"
+        f"Shorten or drop those rows, raise rollout.max_model_len (engine memory: rollout.kv_cache_gib), "
+        f"or lower rollout.max_new_tokens"
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from math import comb
-from typing import Any
+from typing import Any, Iterable
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -21,30 +21,37 @@ def ks_for(n: int) -> list[int]:
     return ks + ([n] if ks[-1] != n else [])
 
 
-def by_prompt(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    """Output rows (parkrl.inference.pipeline.read_output) grouped by input row."""
+def by_prompt(rows: Iterable[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Output rows grouped by input row (what parkrl.inference.pipeline.iter_groups yields, from a list)."""
     groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[int(r["row_id"])].append(r)
     return dict(groups)
 
 
-def eval_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+def eval_metrics(groups: Iterable[list[dict[str, Any]]]) -> dict[str, float]:
     """pass@k for every k of `ks_for(n)` (averaged over prompts; pass@1 is the mean accuracy)
-    and mean@n (the mean reward of a prompt's n samples, averaged over prompts)."""
-    groups = by_prompt(rows)
-    if not groups:
+    and mean@n (the mean reward of a prompt's n samples, averaged over prompts), from each
+    prompt's n scored samples (read once, in one pass)."""
+    prompts, n, sums, reward = 0, 0, defaultdict(float), 0.0
+    for g in groups:
+        if not prompts:
+            n = len(g)
+        elif len(g) != n:
+            raise ValueError("every prompt needs the same number of samples")
+        prompts += 1
+        c = sum(bool(r["correct"]) for r in g)
+        for k in ks_for(n):
+            sums[k] += pass_at_k(n, c, k)
+        reward += sum(float(r["reward"]) for r in g) / n
+    if not prompts:
         raise ValueError("no scored rows to evaluate")
-    n = min(len(g) for g in groups.values())
-    if any(len(g) != n for g in groups.values()):
-        raise ValueError("every prompt needs the same number of samples")
-    out = {"prompts": float(len(groups)), "n": float(n)}
-    for k in ks_for(n):
-        out[f"pass@{k}"] = sum(pass_at_k(n, sum(bool(r["correct"]) for r in g), k) for g in groups.values()) / len(groups)
-    out[f"mean@{n}"] = sum(sum(float(r["reward"]) for r in g) / n for g in groups.values()) / len(groups)
+    out = {"prompts": float(prompts), "n": float(n)}
+    out.update({f"pass@{k}": sums[k] / prompts for k in ks_for(n)})
+    out[f"mean@{n}"] = reward / prompts
     return out
 
 
-def pass_rates(rows: list[dict[str, Any]]) -> dict[int, float]:
-    """Each input row's share of correct samples."""
-    return {i: sum(bool(r["correct"]) for r in g) / len(g) for i, g in by_prompt(rows).items()}
+def pass_rate(group: list[dict[str, Any]]) -> float:
+    """An input row's share of correct samples."""
+    return sum(bool(r["correct"]) for r in group) / len(group)

@@ -1,19 +1,23 @@
 """Batch inference as a Ray Data pipeline: read -> preprocess -> generate -> score -> write.
 
-    rows (parkrl.data.files, or data.task)          the driver, once; checked before any actor
-      -> PromptIds   chat template + tokenise       CPU, one small actor
+    shard numbers (the ones not written yet)         the driver; every row checked before any actor
+      -> ReadPrompts the shard's rows from disk,     CPU, one small actor (parkrl.data.files.RowPlan:
+                     chat template, tokenise          a slice at a time, never the whole file)
       -> Generate    EngineWorker.generate          actor pool: resources.rollout.num_workers engines
       -> Score       reward.cls (collect.score)     CPU, one small actor
       -> the driver writes each finished shard      infer.output/shard-000017.parquet (tmp + rename)
 
 Shard k holds the input rows [k * infer.batch_size, (k + 1) * infer.batch_size), each row's
-infer.n completions. A shard file appears only complete (written to a temporary name, then
-renamed), and a rerun skips the shards that exist, so a killed job run again writes every row
-exactly once. Sample j of input row i is seeded with trainer.seed + i * n + j: the output does
-not depend on the number of engines, the batch size or which run wrote the shard.
+n completions (infer.n, or eval.n / filter.n / sample.n for those commands). A shard file
+appears only complete (written to a temporary name, then renamed), and a rerun skips the shards
+that exist, so a killed job run again writes every row exactly once. Sample j of input row i
+is seeded with trainer.seed + i * n + j: the output does not depend on the number of engines,
+the batch size or which run wrote the shard.
 
 Ray Data's streaming executor runs the stages side by side and holds back the read side when
-later stages fall behind, so memory is bounded by the batches in flight, not the data set. An
+later stages fall behind, so memory is bounded by the batches in flight, not the data set: the
+input is read a shard at a time (a JSONL file by line offsets, Parquet/CSV/Arrow through
+`datasets`' memory-mapped cache), and the driver's check pass reads it in slices too. An
 engine actor that dies (killed, OOM) is restarted by Ray (trainer.max_worker_restarts times) and
 its batch retried on it. Every wait of the driver has a timeout (trainer.worker_timeout_s).
 """
@@ -29,18 +33,39 @@ import tempfile
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from parkrl.config import Config, ConfigError, DataConfig, RewardConfig, validate
-from parkrl.data.files import atomic_write, read_rows, write_jsonl
+from parkrl.data.files import atomic_write, plan_rows, write_jsonl
+from parkrl.data.prompts import prompt_length_error, prompts_too_long
 from parkrl.data.reasoning_gym import task_samples
 
 MANIFEST = "_infer.json"  # what the shards of an output directory were made with
 # Test-only: a path; the first engine actor to generate creates it and exits (tests/test_infer.py).
 _TEST_DIE_ONCE = ""
+
+
+class RowSource(Protocol):
+    """The input rows, read a slice at a time: parkrl.data.files.RowPlan, or `TaskRows`."""
+
+    def __len__(self) -> int: ...
+
+    def rows(self, start: int, end: int) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+@dataclass
+class TaskRows:
+    """data.task's samples (generated in memory, as training does) as a RowSource."""
+
+    items: list[tuple[str, dict[str, Any]]]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def rows(self, start: int, end: int) -> list[tuple[str, dict[str, Any]]]:
+        return self.items[start:end]
 
 
 @dataclass
@@ -51,14 +76,14 @@ class InferSummary:
     skipped_shards: int  # shards already there
     tokens: int  # completion tokens this run generated
     seconds: float  # from the cluster's start to the last shard
+    source: RowSource  # the input rows
     # after the first shard was written (start-up and the first batch excluded): rows, tokens, seconds
     steady: tuple[int, int, float] = (0, 0, 0.0)
-    inputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # the input rows: (where, sample)
 
 
 # ---- the input -------------------------------------------------------------------------------
-def input_rows(cfg: Config, role: str) -> tuple[str, str, list[tuple[str, dict[str, Any]]]]:
-    """(the config key that named the input, its value, [(where, sample)]) for `role` "infer" or "eval":
+def input_rows(cfg: Config, role: str) -> tuple[str, str, RowSource]:
+    """(the config key that named the input, its value, the rows) for `role` "infer" or "eval":
     infer.input, else data.train_file (infer) / data.eval_file (eval), else data.task's samples
     (data.train_seed and data.train_size for infer, data.eval_seed and data.eval_size for eval)."""
     d = cfg.data
@@ -66,11 +91,23 @@ def input_rows(cfg: Config, role: str) -> tuple[str, str, list[tuple[str, dict[s
     for key, path in (("infer.input", cfg.infer.input), (file_key, getattr(d, file_key.split(".")[1]))):
         if path:
             seed = d.train_seed if role == "infer" else d.eval_seed
-            return key, path, read_rows(path, key, d, seed)
+            return key, path, plan_rows(path, key, d, seed)
     seed, size = (d.train_seed, d.train_size) if role == "infer" else (d.eval_seed, d.eval_size)
     seed_key = "data.train_seed" if role == "infer" else "data.eval_seed"
     samples = task_samples(d.task, dict(d.task_args), seed, size, d.system_prompt)
-    return "data.task", d.task, [(f"data.task={d.task!r} sample {i} ({seed_key}={seed})", s) for i, s in enumerate(samples)]
+    return "data.task", d.task, TaskRows([(f"data.task={d.task!r} sample {i} ({seed_key}={seed})", s)
+                                          for i, s in enumerate(samples)])
+
+
+def check_rows(source: RowSource, tokenizer, max_new_tokens: int, max_model_len: int, chunk: int = 1024) -> None:
+    """Every input row maps to a sample (else the DatasetError naming its file and row) and its
+    prompt fits the engine's context; read in slices of `chunk` rows."""
+    over: list[tuple[str, int]] = []
+    for start in range(0, len(source), chunk):
+        rows = source.rows(start, start + chunk)
+        over += prompts_too_long(tokenizer, [s for _, s in rows], [w for w, _ in rows], max_model_len - max_new_tokens)
+    if over:
+        raise prompt_length_error(over, max_new_tokens, max_model_len)
 
 
 def check(cfg: Config, role: str) -> None:
@@ -128,15 +165,28 @@ def shard_path(out: Path, k: int, fmt: str) -> Path:
 
 def read_output(out: Path) -> list[dict[str, Any]]:
     """Every row of the shards in `out`, in (row_id, sample) order."""
-    rows: list[dict[str, Any]] = []
-    for f in sorted(out.glob("shard-*.*")):
+    return [r for _, group in iter_groups(out) for r in group]
+
+
+def iter_groups(out: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(row_id, its scored samples in order) for each input row of the shards in `out`, in
+    row order, reading one shard at a time (shard k holds a contiguous range of rows)."""
+    def shard_number(f: Path) -> int:
+        return int(f.stem.split("-")[1])
+
+    for f in sorted(out.glob("shard-*.*"), key=shard_number):
         if f.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            rows += pq.read_table(f).to_pylist()
+            rows = pq.read_table(f).to_pylist()
         elif f.suffix == ".jsonl":
-            rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return sorted(rows, key=lambda r: (r["row_id"], r["sample"]))
+            rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        else:
+            continue
+        groups: dict[int, list[dict[str, Any]]] = {}
+        for r in sorted(rows, key=lambda r: (r["row_id"], r["sample"])):
+            groups.setdefault(int(r["row_id"]), []).append(r)
+        yield from groups.items()
 
 
 def _write_shard(path: Path, rows: list[dict[str, Any]], fmt: str) -> None:
@@ -154,32 +204,41 @@ def _write_shard(path: Path, rows: list[dict[str, Any]], fmt: str) -> None:
 
 
 # ---- the stages (Ray Data UDFs) --------------------------------------------------------------
-class PromptIds:
-    """Preprocess: each row's chat messages as the prompt token ids the engine continues."""
+class ReadPrompts:
+    """Read and preprocess: for each shard number, its input rows (from disk, a slice at a time)
+    as the prompt token ids the engine continues (chat template + tokenise)."""
 
-    def __init__(self, model_path: str) -> None:
+    def __init__(self, source: RowSource, model_path: str, batch_size: int) -> None:
         from parkrl.models import load_tokenizer
 
+        self.source, self.batch_size = source, batch_size
         self.tok = load_tokenizer(model_path)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from parkrl.models import chat_prompt_ids
 
-        samples = [pickle.loads(b) for b in batch["sample"]]
-        return {**batch, "prompt_ids": [chat_prompt_ids(self.tok, s["messages"]) for s in samples]}
+        out: dict[str, list] = {"row_id": [], "shard": [], "sample": [], "prompt_ids": []}
+        for k in (int(k) for k in batch["shard"]):
+            start = k * self.batch_size
+            for row_id, (_, sample) in enumerate(self.source.rows(start, start + self.batch_size), start):
+                out["row_id"].append(row_id)
+                out["shard"].append(k)
+                out["sample"].append(pickle.dumps(sample))
+                out["prompt_ids"].append(chat_prompt_ids(self.tok, sample["messages"]))
+        return out
 
 
 class Generate:
     """An engine of the pool: parkrl's rollout worker (EngineWorker, the trainer's engine, built
-    from rollout.* as in training), infer.n completions per row."""
+    from rollout.* as in training), n completions per row."""
 
-    def __init__(self, cfg: Config, model_path: str, die_once: str = "") -> None:
+    def __init__(self, cfg: Config, model_path: str, n: int, die_once: str = "") -> None:
         from parkrl.workers.engine import EngineWorker
 
         self._slot = _claim_slot(cfg.resources.rollout.num_workers)  # which cores it binds to
         self.worker = EngineWorker(cfg, model_path, rank=self._slot[0])
         r = cfg.rollout
-        self.n, self.max_new_tokens, self.temperature, self.seed = cfg.infer.n, r.max_new_tokens, r.temperature, cfg.trainer.seed
+        self.n, self.max_new_tokens, self.temperature, self.seed = n, r.max_new_tokens, r.temperature, cfg.trainer.seed
         self.die_once = die_once
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -271,55 +330,52 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def run_infer(cfg: Config, role: str = "infer", log=say) -> InferSummary:
-    """Run batch inference as infer.* says (the module docstring); returns what was written.
-    Every check (config, input, output directory, model) runs before any actor starts."""
+def run_infer(cfg: Config, n: int | None = None, role: str = "infer", log=say) -> InferSummary:
+    """Run batch inference as infer.* says (the module docstring), `n` completions per row
+    (default infer.n); `role` "eval" reads data.eval_file rather than data.train_file. Returns
+    what was written. Every check (config, every input row, output directory, model) runs
+    before any actor starts."""
     from parkrl.models import load_tokenizer, resolve_model_path
     from parkrl.plugins import import_plugins
 
+    n = cfg.infer.n if n is None else n
     import_plugins(cfg.trainer.imports)
     check(cfg, role)
-    key, value, rows = input_rows(cfg, role)
+    key, value, source = input_rows(cfg, role)
     model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
-    from parkrl.data import check_prompt_lengths
-
-    samples = [s for _, s in rows]
-    check_prompt_lengths(SimpleNamespace(train=samples, train_where=[w for w, _ in rows], eval=[], eval_where=[]),
-                         load_tokenizer(model_path), cfg.rollout.max_new_tokens, cfg.rollout.max_model_len)
+    check_rows(source, load_tokenizer(model_path), cfg.rollout.max_new_tokens, cfg.rollout.max_model_len)
     i = cfg.infer
     manifest = {"input": f"{key}={value!r}",
-                "rows": len(rows), "batch_size": i.batch_size, "n": i.n, "format": i.format,
+                "rows": len(source), "batch_size": i.batch_size, "n": n, "format": i.format,
                 "model": cfg.model.path, "seed": cfg.trainer.seed}
     out = prepare_output(cfg, manifest)
-    size = i.batch_size
-    shards = range((len(rows) + size - 1) // size)
+    size, total = i.batch_size, len(source)
+    shards = range((total + size - 1) // size)
     pending = [k for k in shards if not shard_path(out, k, i.format).exists()]
     skipped = len(shards) - len(pending)
     if skipped and pending:
         log(f"[parkrl] infer: {skipped} of {len(shards)} shard(s) already in {out}; generating the other {len(pending)}")
     t0 = time.monotonic()
     if not pending:
-        log(f"[parkrl] infer: {out} is complete ({len(rows)} rows); nothing to do")
-        return InferSummary(out, len(rows), 0, skipped, 0, 0.0, inputs=rows)
-    items = [{"row_id": r, "shard": k, "sample": pickle.dumps(rows[r][1])}
-             for k in pending for r in range(k * size, min((k + 1) * size, len(rows)))]
-    expected = {k: (min((k + 1) * size, len(rows)) - k * size) * i.n for k in pending}
+        log(f"[parkrl] infer: {out} is complete ({total} rows); nothing to do")
+        return InferSummary(out, total, 0, skipped, 0, 0.0, source)
+    expected = {k: (min((k + 1) * size, total) - k * size) * n for k in pending}
     from parkrl.workers.cluster import ray_cluster
 
     with ray_cluster(cfg):
         try:
-            done_rows, tokens, steady = _run_pipeline(cfg, model_path, items, expected, out, log, t0)
+            done_rows, tokens, steady = _run_pipeline(cfg, model_path, source, n, expected, out, log, t0)
         finally:
             shutil.rmtree(_slot_dir(), ignore_errors=True)
     secs = time.monotonic() - t0
     warm = (f"; after the first shard {steady[0] / steady[2]:.2f} rows/s, {steady[1] / steady[2]:.1f} tokens/s"
             if steady[0] > 0 and steady[2] > 0 else "")
-    log(f"[parkrl] infer: done: {done_rows} rows x {i.n} samples, {tokens} tokens in {secs:.1f} s: "
+    log(f"[parkrl] infer: done: {done_rows} rows x {n} samples, {tokens} tokens in {secs:.1f} s: "
         f"{done_rows / secs:.2f} rows/s, {tokens / secs:.1f} tokens/s (start-up included){warm} -> {out}")
-    return InferSummary(out, len(rows), done_rows, skipped, tokens, secs, steady, rows)
+    return InferSummary(out, total, done_rows, skipped, tokens, secs, source, steady)
 
 
-def _run_pipeline(cfg: Config, model_path: str, items: list[dict], expected: dict[int, int], out: Path,
+def _run_pipeline(cfg: Config, model_path: str, source: RowSource, n: int, expected: dict[int, int], out: Path,
                   log, t0: float) -> tuple[int, int, tuple[int, int, float]]:
     import ray
     import ray.data
@@ -329,18 +385,19 @@ def _run_pipeline(cfg: Config, model_path: str, items: list[dict], expected: dic
     ctx.print_on_execution_start = cfg.trainer.verbose
     res, i = cfg.resources.rollout, cfg.infer
     light = {"num_cpus": 0.25, "concurrency": 1}  # tokenising and scoring are cheap next to generation
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(expected)))
-    ds = ds.map_batches(PromptIds, fn_constructor_args=(model_path,), batch_size=i.batch_size, **light)
+    # One block per shard still to write; the read stage turns each into that shard's rows.
+    ds = ray.data.from_items([{"shard": k} for k in expected], override_num_blocks=len(expected))
+    ds = ds.map_batches(ReadPrompts, fn_constructor_args=(source, model_path, i.batch_size), batch_size=1, **light)
     with warnings.catch_warnings():  # Ray 2.60 takes max_restarts only as a (deprecated) remote argument
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ds.map_batches(
-            Generate, fn_constructor_args=(cfg, model_path, _TEST_DIE_ONCE), batch_size=i.batch_size,
+            Generate, fn_constructor_args=(cfg, model_path, n, _TEST_DIE_ONCE), batch_size=i.batch_size,
             concurrency=res.num_workers, num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker or None,
             resources=dict(res.custom_resources) or None, label_selector=dict(res.node_labels) or None,
             # a dead engine actor is restarted (trainer.max_worker_restarts times) and its batch retried on it
             max_restarts=cfg.trainer.max_worker_restarts, max_task_retries=-1,
         )
-    ds = ds.map_batches(Score, fn_constructor_args=(cfg, model_path), batch_size=i.batch_size * i.n, **light)
+    ds = ds.map_batches(Score, fn_constructor_args=(cfg, model_path), batch_size=i.batch_size * n, **light)
     pending: dict[int, list[dict]] = {}
     done_rows = tokens = written = 0
     last_log = time.monotonic()
@@ -355,7 +412,7 @@ def _run_pipeline(cfg: Config, model_path: str, items: list[dict], expected: dic
             tokens += row["completion_tokens"]
             if len(pending[k]) == expected[k]:
                 _write_shard(shard_path(out, k, i.format), pending.pop(k), i.format)
-                done_rows += expected[k] // i.n
+                done_rows += expected[k] // n
                 written += 1
                 now = time.monotonic()
                 first = first or (done_rows, tokens, now)
