@@ -28,6 +28,9 @@ class DataConfig:
     # reasoning-gym task name and generator arguments.
     task: str = "chain_sum"
     task_args: dict[str, Any] = field(default_factory=dict)
+    # Merged over task_args for the eval questions only, e.g. {split: eval} for data.task=wiki_questions
+    # (its eval questions are about other entities than its training ones).
+    eval_task_args: dict[str, Any] = field(default_factory=dict)
     train_seed: int = 1
     train_size: int = 20000
     eval_seed: int = 2
@@ -200,6 +203,17 @@ class EnvConfig:
     # Whether the run's reward function (reward.cls) also scores the final assistant turn; the
     # episode's score is that plus the sum of the environment's turn rewards.
     final_reward: bool = True
+    max_inflight: int = 64  # episodes open at once per engine (reset, not yet closed); the rest wait their turn
+    # Environments as a service (docs/extending.md#environments-as-a-service): remote=true runs each
+    # episode's env.cls in an environment server (HTTP reset/step/close), behind a gateway. servers=N > 0:
+    # the trainer starts N servers and their gateway, placed by resources.env (CPU nodes); else the
+    # running service at `url`, with this run's token in `token_file`.
+    remote: bool = False
+    servers: int = 0
+    url: str = ""
+    token_file: str = ""
+    sessions_per_server: int = 256  # episodes each started server holds at once
+    server_args: list[str] = field(default_factory=list)  # extra flags of each started server
 
 
 @dataclass
@@ -216,6 +230,8 @@ class SandboxConfig:
     call_timeout_s: float = 30.0  # deadline of every call but exec (its command's timeout + 15 s)
     busy_wait_s: float = 30.0  # opening a session on a full fleet (429) retries this long, then the call fails
     on_server_lost: str = "observation"  # observation (the model sees the failure) | retry (new session, once)
+    # host:port pairs the started gateway's egress may fetch from (the browser tool); empty: no fetches at all
+    egress_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -231,6 +247,7 @@ class ResourcesConfig:
     learner: RoleResources = field(default_factory=RoleResources)
     rollout: RoleResources = field(default_factory=RoleResources)
     sandbox: ServiceResources = field(default_factory=ServiceResources)  # sandbox.servers=N and their gateway
+    env: ServiceResources = field(default_factory=ServiceResources)  # env.servers=N and their gateway
     # GPU only: engine i shares learner rank i's GPU (gpus_per_worker of the two roles sum to 1,
     # e.g. 0.5 each). vLLM sleeps while the learner trains and gets weights by CUDA IPC.
     colocate: bool = False
@@ -339,7 +356,8 @@ _POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "ro
              "learner.mini_batches", "learner.epochs", "learner.micro_batch_size", "resources.learner.num_workers",
              "resources.rollout.num_workers", "trainer.worker_timeout_s", "trainer.sync_timeout_s",
              "data.eval_size", "data.train_size", "trainer.keep_checkpoints", "trainer.max_nonfinite_steps",
-             "env.max_turns", "env.max_total_tokens", "env.workers", "env.step_timeout_s",
+             "env.max_turns", "env.max_total_tokens", "env.workers", "env.step_timeout_s", "env.max_inflight",
+             "env.sessions_per_server",
              "infer.batch_size", "infer.n", "eval.n", "filter.n", "sample.n")
 _NON_NEGATIVE = ("learner.max_tokens_per_micro_batch", "learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
                  "trainer.max_worker_restarts", "trainer.samples_per_step")
@@ -380,6 +398,7 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     _choice(cfg.reward.on_error, "reward.on_error", ("raise", "zero"), p)
     _choice(cfg.env.on_error, "env.on_error", ("raise", "end_episode"), p)
     _check_sandbox(cfg, p)
+    _check_remote_env(cfg, p)
     _choice(cfg.infer.format, "infer.format", ("parquet", "jsonl"), p)
     _choice(cfg.sample.keep, "sample.keep", ("correct", "best", "all"), p)
     if not 0 <= cfg.filter.min_pass <= cfg.filter.max_pass <= 1:
@@ -503,6 +522,26 @@ def _check_sandbox(cfg: Config, p: list[str]) -> None:
             p.append(f"sandbox.{key}={getattr(s, key)}: must be > 0")
     if cfg.resources.sandbox.cpus_per_worker <= 0:
         p.append(f"resources.sandbox.cpus_per_worker={cfg.resources.sandbox.cpus_per_worker}: must be > 0")
+
+
+def _check_remote_env(cfg: Config, p: list[str]) -> None:
+    e = cfg.env
+    if e.servers < 0:
+        p.append(f"env.servers={e.servers}: must be >= 0")
+    if not e.remote:
+        if e.servers or e.url:
+            p.append(f"env.servers={e.servers}, env.url={e.url!r}: they serve env.remote=true; set env.remote=true "
+                     f"to run the environments there, or leave them unset")
+        return
+    if not e.cls:
+        p.append("env.remote=true: set env.cls, the Environment class the environment servers run")
+    if bool(e.servers) == bool(e.url):
+        p.append(f"env.remote=true: set env.servers=N to start N environment servers for the run, or env.url (and "
+                 f"env.token_file) to use a running service; not both (env.servers={e.servers}, env.url={e.url!r})")
+    if e.url and not e.token_file:
+        p.append(f"env.url={e.url!r}: give env.token_file, the file holding this run's token for it")
+    if cfg.resources.env.cpus_per_worker <= 0:
+        p.append(f"resources.env.cpus_per_worker={cfg.resources.env.cpus_per_worker}: must be > 0")
 
 
 def _check_devices(cfg: Config, p: list[str]) -> None:

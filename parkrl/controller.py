@@ -55,9 +55,15 @@ def train(cfg: Config, reward_fn: RewardFunction | None = None) -> Path:
     tokenizer = load_tokenizer(model_path)
     if not cfg.env.cls:  # multi-turn prompts come from the environment's reset(), checked per episode
         check_prompt_lengths(data, tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.max_model_len)
+    from parkrl.workers.env_service import env_service_for_run
     from parkrl.workers.sandbox_service import check_sandbox, sandbox_for_run
 
-    check_sandbox(cfg, bool(cfg.env.cls) and _user_code(_uses_sandbox, f"env.cls={cfg.env.cls!r}", cfg))
+    if cfg.env.remote:  # the class is built by the environment servers (checked where they run)
+        from parkrl.workers.env_service import check_env_service
+
+        check_sandbox(cfg, bool(cfg.env.url) and check_env_service(cfg))
+    else:
+        check_sandbox(cfg, bool(cfg.env.cls) and _user_code(_uses_sandbox, f"env.cls={cfg.env.cls!r}", cfg))
     reward_fn = reward_fn if reward_fn is not None else reward_function(cfg)
     if saved:
         data.load_state_dict(saved["data"])
@@ -95,6 +101,7 @@ def train(cfg: Config, reward_fn: RewardFunction | None = None) -> Path:
             services = ExitStack()
             try:
                 cfg = services.enter_context(sandbox_for_run(cfg, out))  # the service the tools use, if any
+                cfg = services.enter_context(env_service_for_run(cfg, out))  # env.remote: where episodes run
                 fleet = Fleet(cfg, model_path)
                 source = BatchSource(fleet, tokenizer, reward_fn, data, cfg)
                 counters = saved.get("counters", {}) if saved else {}

@@ -42,3 +42,27 @@ class SandboxEcho(parkrl.Environment):
 
     def close(self):
         self.sandbox.close()
+
+
+class Countdown(parkrl.Environment):
+    """Deterministic (for comparing in-process and remote episodes): two turns, rewards and
+    observations from the text. A sample whose question is "raise" raises in step, "hang" sleeps
+    5 s in step (past a short env.step_timeout_s)."""
+
+    stop = ("</done>",)
+
+    def reset(self, sample):
+        self.turn, self.question = 0, sample["question"]
+        return [{"role": "user", "content": self.question}]
+
+    def step(self, assistant_text):
+        import time
+
+        if self.question == "raise":
+            raise KeyError("broken state")
+        if self.question == "hang":
+            time.sleep(5)
+        self.turn += 1
+        done = self.turn >= 2
+        observation = [] if done else [{"role": "user", "content": f"turn {self.turn}: {len(assistant_text)} chars"}]
+        return parkrl.StepResult(observation, reward=len(assistant_text) / 100, done=done, info={"tool_calls": 1})

@@ -100,3 +100,24 @@ def test_services_are_packages_of_their_own():
     assert {m: t for m, t in outside.items() if t} == {}
     assert not any(t.startswith("parkrl.gateway") for m, ts in graph.items() if m.startswith("parkrl.sandbox")
                    for t in ts)  # the server knows nothing of the gateway in front of it
+
+
+def test_the_environment_server_and_the_sites_import_no_trainer_code():
+    """The environment server runs users' environments (parkrl.envs, parkrl.tools and what they
+    use) but nothing of the trainer; the training sites (parkrl.sites) import only themselves."""
+    graph = import_graph()
+    trainer = ("parkrl.workers", "parkrl.controller", "parkrl.step", "parkrl.algorithms", "parkrl.engines",
+               "parkrl.inference", "parkrl.batch")
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [m for m in graph if m.startswith(start)]
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += [t for t in graph.get(m, ()) if t.startswith("parkrl")]
+        return seen
+
+    assert sorted(m for m in reach("parkrl.envs.server") if m.startswith(trainer)) == []
+    assert sorted(t for m, ts in graph.items() if m.startswith("parkrl.sites") for t in ts
+                  if not t.startswith("parkrl.sites")) == []

@@ -34,12 +34,12 @@ class TaskPrompts:
             train = read_rows(cfg.train_file, "data.train_file", cfg, cfg.train_seed)
             source = f"data.train_file={cfg.train_file!r}"
         else:
-            def rows(seed: int, size: int, seed_key: str) -> list[tuple[str, dict[str, Any]]]:
-                samples = task_samples(cfg.task, dict(cfg.task_args), seed, size, cfg.system_prompt)
+            def rows(seed: int, size: int, seed_key: str, args: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+                samples = task_samples(cfg.task, args, seed, size, cfg.system_prompt)
                 return [(f"data.task={cfg.task!r} sample {i} ({seed_key}={seed})", s) for i, s in enumerate(samples)]
 
-            pool = rows(cfg.eval_seed, cfg.eval_size * 4, "data.eval_seed")
-            train = rows(cfg.train_seed, cfg.train_size, "data.train_seed")
+            pool = rows(cfg.eval_seed, cfg.eval_size * 4, "data.eval_seed", {**cfg.task_args, **cfg.eval_task_args})
+            train = rows(cfg.train_seed, cfg.train_size, "data.train_seed", dict(cfg.task_args))
             source = f"data.task={cfg.task!r}"
         seen: set[str] = set()
         self.eval: list[dict[str, Any]] = []

@@ -5,13 +5,15 @@ from typing import Any
 
 from parkrl.config import ConfigError
 from parkrl.data.terminal_tasks import terminal_task_samples
+from parkrl.sites.wiki.questions import wiki_task_samples
 
-OWN_TASKS = {"terminal_files": terminal_task_samples}
+OWN_TASKS = {"terminal_files": terminal_task_samples, "wiki_questions": wiki_task_samples}
 
 
 def task_samples(task: str, task_args: dict, seed: int, size: int, system_prompt: str) -> list[dict[str, Any]]:
     """`size` samples {"question", "answer", "entry", "messages"} of reasoning-gym task `task`, or of
-    one of parkrl's own tasks (`terminal_files`: parkrl.data.terminal_tasks)."""
+    one of parkrl's own tasks (`terminal_files`: parkrl.data.terminal_tasks; `wiki_questions`:
+    parkrl.sites.wiki.questions)."""
     if task in OWN_TASKS:
         try:
             return OWN_TASKS[task](seed, size, system_prompt, **task_args)

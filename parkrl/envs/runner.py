@@ -35,6 +35,7 @@ class EpisodeLimits:
     workers: int = 8  # threads running environment steps
     step_timeout_s: float = 60.0  # an environment step running longer ends its episode
     on_error: str = "raise"  # an environment step that raises: raise | end_episode
+    max_inflight: int = 64  # episodes open at once (reset, not yet closed); the others wait their turn
 
 
 @dataclass
@@ -78,24 +79,34 @@ class _EpisodeLoop:
     def __init__(self, engine, make_env, samples, spec, tokenizer, limits, prompt_ids, index_offset) -> None:
         self.engine, self.tokenizer, self.limits, self.offset = engine, tokenizer, limits, index_offset
         self.turns = TurnTokens(tokenizer)
+        self.samples, self.prompt_ids, self.spec = samples, prompt_ids, spec
         self.envs = [make_env() for _ in samples]
-        if self.envs:  # the environment's stop strings end a turn (e.g. after a tool call)
-            spec = replace(spec, stop=tuple(dict.fromkeys(spec.stop + tuple(self.envs[0].stop))))
-        self.spec = spec
-        self.episodes = [Episode(prompt_ids(env.reset(s))) for env, s in zip(self.envs, samples)]
+        self.episodes: list[Episode] = [Episode([]) for _ in samples]
+        self.specs: list[SamplingSpec] = [spec] * len(samples)  # with each environment's stop strings
+        self.waiting = list(range(len(samples)))[::-1]  # not started yet (popped from the end: in order)
         self.in_engine: set[int] = set()
         self.stepping: dict[cf.Future, tuple[int, Completion, float]] = {}  # (episode, its turn, deadline)
-        self.open_envs = set(range(len(self.envs)))
+        self.open_envs: set[int] = set()  # reset and not yet closed: at most limits.max_inflight
+
+    def _start_waiting(self) -> None:
+        """Reset and submit waiting episodes while fewer than `max_inflight` are open."""
+        while self.waiting and len(self.open_envs) < self.limits.max_inflight:
+            i = self.waiting.pop()
+            env, ep = self.envs[i], self.episodes[i]
+            self.open_envs.add(i)
+            ep.prompt_ids = self.prompt_ids(env.reset(self.samples[i]))
+            # the environment's stop strings end a turn (e.g. after a tool call); a remote one knows them after reset
+            self.specs[i] = replace(self.spec, stop=tuple(dict.fromkeys(self.spec.stop + tuple(env.stop))))
+            room = self.limits.max_model_len - len(ep.prompt_ids)
+            if room <= 0:
+                raise ValueError(f"sample {self.offset + i}: the first prompt has {len(ep.prompt_ids)} tokens, "
+                                 f"rollout.max_model_len={self.limits.max_model_len}")
+            self._submit(i, min(self.spec.max_new_tokens, self.limits.max_total_tokens, room))
 
     def run(self) -> list[Episode]:
         pool = cf.ThreadPoolExecutor(self.limits.workers, thread_name_prefix="env")
         try:
-            for i, ep in enumerate(self.episodes):
-                room = self.limits.max_model_len - len(ep.prompt_ids)
-                if room <= 0:
-                    raise ValueError(f"sample {self.offset + i}: the first prompt has {len(ep.prompt_ids)} tokens, "
-                                     f"rollout.max_model_len={self.limits.max_model_len}")
-                self._submit(i, min(self.spec.max_new_tokens, self.limits.max_total_tokens, room))
+            self._start_waiting()
             while self.in_engine or self.stepping:
                 if self.in_engine:
                     for rid, completion in self.engine.poll():
@@ -108,6 +119,7 @@ class _EpisodeLoop:
                         i, c, _ = self.stepping.pop(future)
                         self._environment_turn(i, c, future)
                     self._end_overdue_steps()
+                self._start_waiting()
         finally:  # on an error leave nothing running: requests in the engine, queued environment steps
             if self.in_engine:
                 self.engine.abort([self._request_id(i) for i in self.in_engine])
@@ -154,13 +166,13 @@ class _EpisodeLoop:
         ep = self.episodes[i]
         seed = self.spec.seed + (self.offset + i) * SEED_STRIDE + ep.turns
         self.engine.submit(self._request_id(i), ep.prompt_ids + ep.response_ids,
-                           replace(self.spec, n=1, seed=seed, max_new_tokens=budget))
+                           replace(self.specs[i], n=1, seed=seed, max_new_tokens=budget))
         self.in_engine.add(i)
 
     def _assistant_turn(self, i: int, completion: Completion, pool: cf.ThreadPoolExecutor) -> None:
         """Append the sampled turn (loss mask 1) and hand its text to the environment."""
         self.in_engine.discard(i)
-        c = cut_at_stop(completion, self.spec.stop, self.tokenizer)
+        c = cut_at_stop(completion, self.specs[i].stop, self.tokenizer)
         ep = self.episodes[i]
         ep.response_ids += c.token_ids
         ep.loss_mask += [1] * len(c.token_ids)

@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout-s", type=float, default=900.0,
                    help="the servers' idle reaping of sessions (the gateway forgets idle sessions after it too)")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
+    p.add_argument("--egress-hosts", default="",
+                   help="host:port pairs that runs may fetch through POST /v1/fetch (the browser tool), "
+                        "comma-separated; none: no egress at all")
+    p.add_argument("--fetch-max-kb", type=float, default=2048.0, help="cap on the body a fetch returns")
+    p.add_argument("--fetch-timeout-s", type=float, default=10.0, help="cap on the deadline of one fetch")
     p.add_argument("--access-log", action="store_true", help="log every request (method, path, status)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -78,7 +83,9 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         health_interval_s=args.health_interval_s, health_timeout_s=args.health_timeout_s,
         down_after=args.down_after, call_timeout_s=args.call_timeout_s, exec_margin_s=args.exec_margin_s,
         default_exec_timeout_s=args.default_exec_timeout_s, max_exec_timeout_s=args.max_exec_timeout_s,
-        default_idle_timeout_s=args.idle_timeout_s, max_body_bytes=int(args.max_body_mb * (1 << 20)))
+        default_idle_timeout_s=args.idle_timeout_s, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        egress_hosts=[h.strip() for h in args.egress_hosts.split(",") if h.strip()],
+        fetch_max_bytes=int(args.fetch_max_kb * 1024), fetch_timeout_s=args.fetch_timeout_s)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("!" * 78)
     else:
         log.info("%d runs may connect: %s", len(config.run_tokens), ", ".join(config.run_tokens.run_ids))
+    log.info("egress (POST /v1/fetch): %s", ", ".join(config.egress_hosts) or "none")
     if not config.secret_persistent:
         log.warning("no --secret-file / $PARKRL_GATEWAY_SECRET: session ids are signed with a random key, so "
                     "open sessions are unusable after a gateway restart")

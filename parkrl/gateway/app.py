@@ -10,6 +10,8 @@ at URL is gone" without a call; connection refused mid-call -> the server is mar
 the call answers 502 with the same message; no answer by the deadline -> 504; a connection that
 broke mid-call to a server that still answers health checks -> 502 "may or may not have taken
 effect". A server that comes back is asked again; if it restarted, its 404 gets a note saying so.
+
+`POST /v1/fetch` is the runs' egress (parkrl.gateway.egress): only hosts on --egress-hosts, logged.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from parkrl.gateway.admission import Admission
 from parkrl.gateway.auth import INSECURE_RUN_ID, AuthConfigError, RunTokens
 from parkrl.gateway.config import GatewayConfig
+from parkrl.gateway.egress import EgressPolicy, EgressRefused, fetch
 from parkrl.gateway.metrics import CONTENT_TYPE, GatewayMetrics, route_label
 from parkrl.gateway.registry import Server, ServerRegistry
 from parkrl.gateway.session_ids import SessionIdCodec, SessionRef
@@ -57,6 +60,12 @@ def _retry_after(r: httpx.Response | Http11Response) -> int:
         return 1
 
 
+def _printable(text: str, limit: int) -> str:
+    """Client-supplied text as it may appear in a log line or a message: bounded, no control characters."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
 def _not_found(session_id: str) -> JSONResponse:
     return _error(404, SESSION_NOT_FOUND.format(sid=_shown(session_id)))
 
@@ -81,6 +90,8 @@ class Gateway:
         self.upstream: Http11Pool | None = None     # every other call to an http:// server
         self._tokens_mtime = self._mtime()
         self._loop_task: asyncio.Task | None = None
+        self.egress = EgressPolicy(tuple(config.egress_hosts))
+        self.fetcher: httpx.AsyncClient | None = None  # POST /v1/fetch (never follows redirects)
 
     # ---- lifecycle
     async def start(self) -> None:
@@ -88,6 +99,9 @@ class Gateway:
             headers=self.server_headers, trust_env=False, timeout=self.config.call_timeout_s,
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=30))
         self.upstream = Http11Pool(self.server_headers, max_connections=512, max_idle=128)
+        self.fetcher = httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=self.config.fetch_timeout_s,
+                                         headers={"user-agent": "parkrl-gateway"},
+                                         limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         await self.registry.check_all(self.client, self.config.health_timeout_s, self.server_headers)
         up = [s.url for s in self.registry.healthy()]
         log.info("gateway up: %d/%d sandbox servers healthy %s", len(up), len(self.registry.servers), up)
@@ -104,6 +118,8 @@ class Gateway:
             await self.client.aclose()
         if self.upstream is not None:
             await self.upstream.aclose()
+        if self.fetcher is not None:
+            await self.fetcher.aclose()
 
     async def _health_loop(self) -> None:
         while True:
@@ -400,8 +416,9 @@ class Gateway:
         t = float(t) if isinstance(t, (int, float)) and t > 0 else self.config.default_exec_timeout_s
         return min(t, self.config.max_exec_timeout_s) + self.config.exec_margin_s
 
-    async def run_code(self, request: Request) -> Response:
-        """SandboxFusion /run_code on the least-loaded healthy server (stateless; busy/dead: next one)."""
+    async def _json_call(self, request: Request, route: str) -> tuple[str, bytes, dict[str, Any]] | Response:
+        """(run, raw body, parsed body) of an authenticated POST `route` whose body is a JSON
+        object, or the error answer to send."""
         run = self.authenticate(request)
         if run is None:
             return self.unauthorized()
@@ -413,7 +430,15 @@ class Gateway:
         except ValueError:
             parsed = None
         if not isinstance(parsed, dict):
-            return _error(400, "the body of POST /run_code must be a JSON object")
+            return _error(400, f"the body of POST {route} must be a JSON object")
+        return run, body, parsed
+
+    async def run_code(self, request: Request) -> Response:
+        """SandboxFusion /run_code on the least-loaded healthy server (stateless; busy/dead: next one)."""
+        got = await self._json_call(request, "/run_code")
+        if isinstance(got, Response):
+            return got
+        _, body, parsed = got
         run_timeout = parsed.get("run_timeout")
         run_timeout = float(run_timeout) if isinstance(run_timeout, (int, float)) and run_timeout > 0 else 10.0
         # the server may first wait for a free slot and start a sandbox: allow a call deadline for that
@@ -448,13 +473,53 @@ class Gateway:
         return _error(503, "/run_code: no healthy sandbox server" + (f" ({'; '.join(failed)})" if failed else ""),
                       {"Retry-After": str(max(1, int(self.config.health_interval_s)))})
 
+    async def fetch(self, request: Request) -> Response:
+        """POST /v1/fetch {"url", "session"?, "max_bytes"?, "timeout_s"?}: GET a URL on the egress list
+        (parkrl.gateway.egress); every fetch, refused or not, is logged with its run and session."""
+        got = await self._json_call(request, "/v1/fetch")
+        if isinstance(got, Response):
+            return got
+        run, _, parsed = got
+        if not isinstance(parsed.get("url"), str):
+            return _error(400, 'the body of POST /v1/fetch must be a JSON object with a "url" string')
+        url, session = parsed["url"], _printable(str(parsed.get("session") or "-"), 200)
+        max_bytes, timeout_s = parsed.get("max_bytes"), parsed.get("timeout_s")
+        cap_b, cap_t = self.config.fetch_max_bytes, self.config.fetch_timeout_s
+        max_bytes = min(int(max_bytes), cap_b) if isinstance(max_bytes, int) and max_bytes > 0 else cap_b
+        timeout_s = min(float(timeout_s), cap_t) if isinstance(timeout_s, (int, float)) and timeout_s > 0 else cap_t
+        shown = _printable(url, 500)
+        try:
+            self.egress.check(url)
+        except EgressRefused as e:
+            self.metrics.fetches.labels("refused").inc()
+            log.warning("egress REFUSED run=%s session=%s url=%s: %s", run, session, shown, e)
+            return _error(403, f"fetching {shown}: {e}")
+        t0 = time.perf_counter()
+        try:
+            got = await fetch(self.fetcher, url, max_bytes, timeout_s)
+        except TimeoutError:
+            self.metrics.fetches.labels("timeout").inc()
+            log.warning("egress run=%s session=%s url=%s: timed out after %g s", run, session, shown, timeout_s)
+            return _error(504, f"fetching {shown}: no complete answer within {timeout_s:g} s")
+        except httpx.HTTPError as e:
+            self.metrics.fetches.labels("error").inc()
+            what = "connection failed" if isinstance(e, httpx.ConnectError) else "the connection broke"
+            log.warning("egress run=%s session=%s url=%s: %s (%s)", run, session, shown, what, type(e).__name__)
+            return _error(502, f"fetching {shown}: {what} ({type(e).__name__}: {_printable(str(e), 200)})")
+        self.metrics.fetches.labels("ok").inc()
+        self.metrics.fetch_bytes.inc(len(got.body))
+        log.info("egress run=%s session=%s url=%s status=%d bytes=%d%s in %.3f s", run, session, shown, got.status,
+                 len(got.body), " (truncated)" if got.truncated else "", time.perf_counter() - t0)
+        return JSONResponse(got.to_json(url))
+
     def health(self) -> dict:
         servers = [s.describe() for s in self.registry.servers]
         up = sum(s["up"] for s in servers)
         return {"status": "ok" if up == len(servers) else ("degraded" if up else "down"),
                 "servers_up": up, "servers": servers, "sessions": self.admission.total(),
                 "auth": "tokens" if self.tokens is not None else "DISABLED (--insecure-no-auth)",
-                "session_ids": "persistent" if self.config.secret_persistent else "ephemeral (random secret)"}
+                "session_ids": "persistent" if self.config.secret_persistent else "ephemeral (random secret)",
+                "egress_hosts": list(self.config.egress_hosts)}
 
 
 EXEC_ROUTE = "/v1/sessions/{sid}/exec"
@@ -531,6 +596,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def read_file(request: Request, session_id: str) -> Response:
         return await gw.session_call(request, session_id, "GET", "/files")
 
+    @app.post("/v1/sessions/{session_id}/step")  # an environment server's episode (parkrl.envs.server)
+    async def env_step(request: Request, session_id: str) -> Response:
+        return await gw.session_call(request, session_id, "POST", "/step")
+
     @app.delete("/v1/sessions/{session_id}")
     async def close_session(request: Request, session_id: str) -> Response:
         return await gw.session_call(request, session_id, "DELETE", "")
@@ -538,6 +607,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.post("/run_code")
     async def run_code(request: Request) -> Response:
         return await gw.run_code(request)
+
+    @app.post("/v1/fetch")
+    async def fetch_(request: Request) -> Response:
+        return await gw.fetch(request)
 
     @app.get("/healthz")
     async def healthz() -> dict:

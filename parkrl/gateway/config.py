@@ -1,9 +1,10 @@
 """The gateway's settings (one dataclass; `python -m parkrl.gateway --help` documents the flags)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from parkrl.gateway.auth import RunTokens
+from parkrl.gateway.egress import parse_host
 
 
 @dataclass
@@ -29,6 +30,9 @@ class GatewayConfig:
     max_exec_timeout_s: float = 300.0       # the servers' cap on timeout_s (a larger one is waited for this long)
     default_idle_timeout_s: float = 900.0   # the servers' idle reaping, for the gateway's own bookkeeping
     max_body_bytes: int = 64 << 20
+    egress_hosts: list[str] = field(default_factory=list)  # host:port POST /v1/fetch may get (empty: no egress)
+    fetch_max_bytes: int = 2 << 20          # cap on a fetch's max_bytes (and its default)
+    fetch_timeout_s: float = 10.0           # cap on a fetch's timeout_s (and its default)
 
     def __post_init__(self) -> None:
         if self.max_sessions_per_run < 1 or self.max_sessions < 1:
@@ -37,3 +41,7 @@ class GatewayConfig:
             raise ValueError("health interval/timeout must be > 0 and --down-after >= 1")
         if self.call_timeout_s <= 0 or self.exec_margin_s < 0:
             raise ValueError("--call-timeout-s must be > 0 and --exec-margin-s >= 0")
+        if self.fetch_max_bytes < 1 or self.fetch_timeout_s <= 0:
+            raise ValueError("--fetch-max-kb and --fetch-timeout-s must be > 0")
+        for entry in self.egress_hosts:
+            parse_host(entry)  # ValueError naming the entry

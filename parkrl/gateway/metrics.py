@@ -9,6 +9,8 @@
 - parkrl_gateway_rejections_total{reason}                    run_cap, total_cap, fleet_full, no_server, unauthorized
 - parkrl_gateway_upstream_errors_total{server,kind}          connect, timeout, broken, auth, error (5xx)
 - parkrl_gateway_server_up{server}                           1 healthy, 0 down
+- parkrl_gateway_fetches_total{outcome}                      POST /v1/fetch: ok, refused, error, timeout
+- parkrl_gateway_fetch_bytes_total                           body bytes returned by fetches
 Route labels are the route templates (session ids never become labels), so cardinality is fixed.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ _ROUTES = [
     (re.compile(r"^/v1/sessions/[^/]+/files$"), "/v1/sessions/{sid}/files"),
     (re.compile(r"^/v1/sessions/[^/]+$"), "/v1/sessions/{sid}"),
     (re.compile(r"^/run_code$"), "/run_code"),
+    (re.compile(r"^/v1/fetch$"), "/v1/fetch"),
     (re.compile(r"^/healthz$"), "/healthz"),
     (re.compile(r"^/metrics$"), "/metrics"),
 ]
@@ -66,6 +69,10 @@ class GatewayMetrics:
                                   registry=self.registry)
         self.upstream_errors = Counter("parkrl_gateway_upstream_errors", "Failed calls to sandbox servers",
                                        ["server", "kind"], registry=self.registry)
+        self.fetches = Counter("parkrl_gateway_fetches", "Egress fetches (POST /v1/fetch) by outcome", ["outcome"],
+                               registry=self.registry)
+        self.fetch_bytes = Counter("parkrl_gateway_fetch_bytes", "Body bytes returned by egress fetches",
+                                   registry=self.registry)
         self._window = window
         self._recent: dict[str, deque[float]] = {}
         self._sessions = sessions

@@ -94,7 +94,8 @@ def input_rows(cfg: Config, role: str) -> tuple[str, str, RowSource]:
             return key, path, plan_rows(path, key, d, seed)
     seed, size = (d.train_seed, d.train_size) if role == "infer" else (d.eval_seed, d.eval_size)
     seed_key = "data.train_seed" if role == "infer" else "data.eval_seed"
-    samples = task_samples(d.task, dict(d.task_args), seed, size, d.system_prompt)
+    args = dict(d.task_args) if role == "infer" else {**d.task_args, **d.eval_task_args}
+    samples = task_samples(d.task, args, seed, size, d.system_prompt)
     return "data.task", d.task, TaskRows([(f"data.task={d.task!r} sample {i} ({seed_key}={seed})", s)
                                           for i, s in enumerate(samples)])
 

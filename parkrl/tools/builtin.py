@@ -7,6 +7,7 @@ import math
 import operator
 
 from parkrl.tools.base import Tool
+from parkrl.tools.browser import BrowserTool
 from parkrl.tools.sandboxed import PythonTool, TerminalTool, ThinkTool
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -58,4 +59,4 @@ class Calculator(Tool):
 
 
 BUILTIN_TOOLS: dict[str, type[Tool]] = {"calculator": Calculator, "python": PythonTool, "terminal": TerminalTool,
-                                        "think": ThinkTool}
+                                        "think": ThinkTool, "browser": BrowserTool}

@@ -67,10 +67,16 @@ class EngineWorker:
             if sb.url:  # the service the environments' tools talk to (started by the trainer, or given)
                 connect(endpoint_for(sb.url, sb.token_file, sb.call_timeout_s, sb.on_server_lost, sb.busy_wait_s))
             tok = load_tokenizer(self.model_path)
-            self._episode_setup = (tok, environment_factory(e.cls, dict(e.args)))
+            if e.remote:  # each episode is a session of the environment service
+                from parkrl.envs.remote import remote_factory
+                from parkrl.workers.env_service import env_endpoint
+
+                self._episode_setup = (tok, remote_factory(env_endpoint(self.cfg), e.cls, dict(e.args)))
+            else:
+                self._episode_setup = (tok, environment_factory(e.cls, dict(e.args)))
         tok, make_env = self._episode_setup
         limits = EpisodeLimits(e.max_turns, e.max_total_tokens, self.cfg.rollout.max_model_len, e.workers,
-                               e.step_timeout_s, e.on_error)
+                               e.step_timeout_s, e.on_error, e.max_inflight)
         return run_episodes(self.engine, make_env, samples, spec, tok, limits,
                             lambda messages: chat_prompt_ids(tok, messages), index_offset)
 

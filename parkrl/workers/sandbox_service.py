@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from parkrl.config import Config, ConfigError, RoleResources
+from parkrl.config import Config, ConfigError, RoleResources, ServiceResources
 from parkrl.sandbox.client import SandboxError
 from parkrl.tools.sandboxed import endpoint_for, verify
 from parkrl.workers.group import WorkerGroup
@@ -94,7 +94,7 @@ class ServiceProcess:
 
 
 @dataclass
-class SandboxService:
+class ServiceFleet:
     """A started service: the gateway URL, the run's token file, and the workers that own it."""
 
     url: str
@@ -110,6 +110,9 @@ class SandboxService:
             except Exception as e:  # keep shutting the others down
                 print(f"[parkrl] shutting down {group.role}: {e}", file=sys.stderr, flush=True)
             group.shutdown()
+
+
+SandboxService = ServiceFleet
 
 
 def _die_with_parent() -> None:
@@ -128,10 +131,24 @@ def _write_secret(path: Path, text: str) -> str:
     return str(path)
 
 
-def start_sandbox_service(cfg: Config, run_dir: Path) -> SandboxService:
+def start_sandbox_service(cfg: Config, run_dir: Path) -> ServiceFleet:
     """Start `sandbox.servers` sandbox servers and a gateway in front of them for this run."""
-    s, t = cfg.sandbox, cfg.trainer
-    folder = run_dir / "sandbox"
+    s = cfg.sandbox
+    uid_base = 2_000_000_000 + secrets.randbelow(1000) * 10 * UID_SPAN  # apart from other runs' servers
+    return start_service_fleet(
+        cfg, run_dir / "sandbox", "sandbox", "parkrl.sandbox.server", cfg.resources.sandbox,
+        [["--max-sessions", str(s.sessions_per_server), "--uid-base", str(uid_base + rank * UID_SPAN), *s.server_args]
+         for rank in range(s.servers)],
+        ["--max-sessions-per-run", str(s.servers * s.sessions_per_server),
+         "--max-sessions", str(s.servers * s.sessions_per_server),
+         *(["--egress-hosts", ",".join(s.egress_hosts)] if s.egress_hosts else [])], s.start_timeout_s)
+
+
+def start_service_fleet(cfg: Config, folder: Path, name: str, module: str, placement: ServiceResources,
+                        server_args: list[list[str]], gateway_args: list[str], start_timeout_s: float) -> ServiceFleet:
+    """Start one `python -m module` server per entry of `server_args` (each as a worker of role
+    `name`, placed by `placement`) and a gateway in front of them, with fresh secrets under `folder`."""
+    t = cfg.trainer
     run_id = "run"
     server_token = _write_secret(folder / "server_token", secrets.token_urlsafe(32))
     run_token = secrets.token_urlsafe(32)
@@ -139,33 +156,28 @@ def start_sandbox_service(cfg: Config, run_dir: Path) -> SandboxService:
     token_file = _write_secret(folder / "run_token", run_token)
     secret = _write_secret(folder / "gateway_secret", secrets.token_urlsafe(32))
     bind = "127.0.0.1" if t.runtime == "local" or not t.ray_address else _node_ip()
-    servers = WorkerGroup("sandbox", ServiceProcess, _role(cfg, s.servers), t.runtime, t.worker_timeout_s,
-                          lambda rank: (f"sandbox{rank}",))
+    servers = WorkerGroup(name, ServiceProcess, _role(placement, len(server_args)), t.runtime, t.worker_timeout_s,
+                          lambda rank: (f"{name}{rank}",))
     gateway = None
     try:
-        uid_base = 2_000_000_000 + secrets.randbelow(1000) * 10 * UID_SPAN  # apart from other runs' servers
-        server_args = [["--token-file", server_token, "--max-sessions", str(s.sessions_per_server),
-                        "--uid-base", str(uid_base + rank * UID_SPAN), *s.server_args] for rank in range(s.servers)]
-        urls = servers.call_each("start", [("parkrl.sandbox.server", a, bind, s.start_timeout_s) for a in server_args])
-        gateway = WorkerGroup("sandbox_gateway", ServiceProcess, _role(cfg, 1), t.runtime, t.worker_timeout_s,
-                              lambda rank: ("gateway",))
+        urls = servers.call_each("start", [(module, ["--token-file", server_token, *a], bind, start_timeout_s)
+                                           for a in server_args])
+        gateway = WorkerGroup(f"{name}_gateway", ServiceProcess, _role(placement, 1), t.runtime, t.worker_timeout_s,
+                              lambda rank: (f"{name}-gateway",))
         url = gateway.call("start", "parkrl.gateway",
                            ["--servers", ",".join(urls), "--tokens-file", tokens, "--server-token-file", server_token,
-                            "--secret-file", secret, "--max-sessions-per-run", str(s.servers * s.sessions_per_server),
-                            "--max-sessions", str(s.servers * s.sessions_per_server)],
-                           bind, s.start_timeout_s)[0]
+                            "--secret-file", secret, *gateway_args], bind, start_timeout_s)[0]
     except BaseException:
         for group in (gateway, servers):
             if group is not None:
                 group.shutdown()
         raise
-    print(f"[parkrl] sandbox service: gateway {url} in front of {s.servers} server(s) {', '.join(urls)}", flush=True)
-    return SandboxService(url, token_file, servers, gateway)
+    print(f"[parkrl] {name} service: gateway {url} in front of {len(urls)} server(s) {', '.join(urls)}", flush=True)
+    return ServiceFleet(url, token_file, servers, gateway)
 
 
-def _role(cfg: Config, n: int) -> RoleResources:
-    """`n` workers placed as `resources.sandbox` says (CPU only)."""
-    r = cfg.resources.sandbox
+def _role(r: ServiceResources, n: int) -> RoleResources:
+    """`n` workers placed as `r` (resources.sandbox or resources.env) says (CPU only)."""
     return RoleResources(num_workers=n, cpus_per_worker=r.cpus_per_worker, custom_resources=dict(r.custom_resources),
                          node_labels=dict(r.node_labels))
 
