@@ -39,8 +39,9 @@ def summary(world: World, e: Entity) -> str:
     if isinstance(e, Town):
         return f"{e.name} is a fictional town in {e.region}, founded in {e.founded}."
     if isinstance(e, Company):
-        return f"{e.name} is a fictional {e.industry} company headquartered in {world.entities[e.headquarters].name}."
-    return f"{e.name} is a fictional {e.occupation} from {world.entities[e.birthplace].name}."
+        return (f"{e.name} is a fictional {e.industry} company headquartered in {world.entities[e.headquarters].name}, "
+                f"founded in {e.founded}.")
+    return f"{e.name} is a fictional {e.occupation} from {world.entities[e.birthplace].name}, born in {e.born}."
 
 
 def facts(world: World, e: Entity) -> list[tuple[str, str, str | None]]:
