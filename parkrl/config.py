@@ -6,6 +6,7 @@ batch-size arithmetic, and names the keys to fix. This module imports nothing of
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -157,9 +158,18 @@ class RoleResources:
     gpus_per_worker: float = 0.0
     # Multi-node placement: Ray custom resources each worker needs (nodes started with
     # `ray start --resources='{"rollout_node": 8}'` offer them) and node labels each worker's
-    # node must carry (`ray start --labels='{"pool": "inference"}'`).
+    # node must carry (`ray start --labels=pool=inference`; Ray 2.60 calls the JSON form deprecated).
     custom_resources: dict[str, float] = field(default_factory=dict)
     node_labels: dict[str, str] = field(default_factory=dict)
+    # Ray runtime_env of each worker (pip, uv, conda, env_vars, working_dir, py_modules, image_uri, ...),
+    # merged by Ray over the run's own (parkrl's env_vars kept; the role's wins on the same name).
+    runtime_env: dict[str, Any] = field(default_factory=dict)
+    # Rollout only, an elastic fleet (docs/operating.md#spot-capacity-and-node-loss): each engine in a
+    # placement group of its own; the run goes on while min_workers engines live, and engines join up
+    # to max_workers as capacity appears. 0 = num_workers (a fixed fleet: a lost engine is restarted
+    # in its own slot).
+    min_workers: int = 0
+    max_workers: int = 0
 
 
 @dataclass
@@ -240,6 +250,7 @@ class ServiceResources:
     cpus_per_worker: float = 0.5
     custom_resources: dict[str, float] = field(default_factory=dict)
     node_labels: dict[str, str] = field(default_factory=dict)
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # as RoleResources.runtime_env
 
 
 @dataclass
@@ -278,6 +289,9 @@ class TrainerConfig:
     # checkpoints/step_N directory.
     resume: str = "auto"
     max_worker_restarts: int = 3  # rollout engines that die are restarted, this many times per run
+    # The run's workers started again from the last checkpoint, in this process, after a failure the fleet
+    # cannot ride out (the learner's node lost): this many times per run (docs/operating.md).
+    max_restarts: int = 0
     max_nonfinite_steps: int = 3  # a NaN/inf loss skips the update; this many steps in a row stop the run
     loggers: list[str] = field(default_factory=list)  # besides metrics.jsonl: tensorboard, wandb
     wandb_project: str = "parkrl"  # WANDB_MODE=offline logs with no network
@@ -360,7 +374,7 @@ _POSITIVE = ("trainer.total_steps", "trainer.prompts_per_step", "rollout.n", "ro
              "env.sessions_per_server",
              "infer.batch_size", "infer.n", "eval.n", "filter.n", "sample.n")
 _NON_NEGATIVE = ("learner.max_tokens_per_micro_batch", "learner.lora_rank", "rollout.temperature", "trainer.eval_every", "algorithm.kl_coef", "trainer.save_every",
-                 "trainer.max_worker_restarts", "trainer.samples_per_step")
+                 "trainer.max_worker_restarts", "trainer.samples_per_step", "trainer.max_restarts")
 
 
 def _check_rollout_correction(a: AlgorithmConfig, p: list[str]) -> None:
@@ -399,6 +413,8 @@ def validate(cfg: Config, known: dict[str, tuple[str, ...]] | None = None) -> No
     _choice(cfg.env.on_error, "env.on_error", ("raise", "end_episode"), p)
     _check_sandbox(cfg, p)
     _check_remote_env(cfg, p)
+    _check_runtime_envs(cfg, p)
+    _check_elastic(cfg, p)
     _choice(cfg.infer.format, "infer.format", ("parquet", "jsonl"), p)
     _choice(cfg.sample.keep, "sample.keep", ("correct", "best", "all"), p)
     if not 0 <= cfg.filter.min_pass <= cfg.filter.max_pass <= 1:
@@ -522,6 +538,60 @@ def _check_sandbox(cfg: Config, p: list[str]) -> None:
             p.append(f"sandbox.{key}={getattr(s, key)}: must be > 0")
     if cfg.resources.sandbox.cpus_per_worker <= 0:
         p.append(f"resources.sandbox.cpus_per_worker={cfg.resources.sandbox.cpus_per_worker}: must be > 0")
+
+
+def _check_elastic(cfg: Config, p: list[str]) -> None:
+    r = cfg.resources.rollout
+    lo, hi = r.min_workers or r.num_workers, r.max_workers or r.num_workers
+    if r.min_workers < 0 or r.max_workers < 0 or not 1 <= lo <= r.num_workers <= hi:
+        p.append(f"resources.rollout.min_workers={r.min_workers}, num_workers={r.num_workers}, max_workers="
+                 f"{r.max_workers}: need 1 <= min_workers <= num_workers <= max_workers (0 = num_workers)")
+    if (lo, hi) != (r.num_workers, r.num_workers) and cfg.trainer.runtime == "local":
+        p.append("resources.rollout.min_workers/max_workers: an elastic fleet runs on Ray (trainer.runtime=ray)")
+    if (lo, hi) != (r.num_workers, r.num_workers) and cfg.resources.colocate:
+        p.append("resources.rollout.min_workers/max_workers: an elastic fleet needs engines of their own; "
+                 "resources.colocate=true pairs each engine with a learner rank")
+    for role in ("learner",):
+        other = getattr(cfg.resources, role)
+        if other.min_workers or other.max_workers:
+            p.append(f"resources.{role}.min_workers/max_workers: only the rollout role is elastic; remove them")
+
+
+# The runtime_env fields Ray 2.60 knows (ray.runtime_env.RuntimeEnv; it would take any other name as
+# a plugin's, so a misspelled one would pass silently). pip, uv and conda exclude each other.
+RUNTIME_ENV_KEYS = ("pip", "uv", "conda", "env_vars", "working_dir", "py_modules", "py_executable", "excludes",
+                    "container", "image_uri", "config", "worker_process_setup_hook", "nsight", "rocprof_sys")
+
+
+def role_runtime_envs(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Each role's `runtime_env`, by its config key (`resources.learner`, `reward.models[0].resources`, ...)."""
+    res = cfg.resources
+    envs = {f"resources.{role}": getattr(res, role).runtime_env for role in ("learner", "rollout", "sandbox", "env")}
+    envs.update({f"reward.models[{k}].resources": m.resources.runtime_env for k, m in enumerate(cfg.reward.models)})
+    return envs
+
+
+def _check_runtime_envs(cfg: Config, p: list[str]) -> None:
+    for role, env in role_runtime_envs(cfg).items():
+        key = f"{role}.runtime_env"
+        if env and cfg.trainer.runtime != "ray":
+            p.append(f"{key}={env}: a Ray runtime_env applies to Ray actors only, and trainer.runtime="
+                     f"{cfg.trainer.runtime} runs every worker in this process; use trainer.runtime=ray or set {key}={{}}")
+        for name in env:
+            if name not in RUNTIME_ENV_KEYS:
+                close = difflib.get_close_matches(name, RUNTIME_ENV_KEYS, n=1)
+                hint = f"did you mean {key}.{close[0]}? " if close else ""
+                p.append(f"{key}.{name}: not a Ray runtime_env field ({hint}Ray knows {', '.join(RUNTIME_ENV_KEYS)})")
+        if sum(name in env for name in ("pip", "uv", "conda")) > 1:
+            p.append(f"{key}: give at most one of pip, uv and conda (Ray refuses them together)")
+        env_vars = env.get("env_vars", {})
+        if not isinstance(env_vars, dict):
+            p.append(f"{key}.env_vars={env_vars!r}: must be a mapping of variable names to string values")
+            continue
+        for var, value in env_vars.items():
+            if not isinstance(value, str):
+                p.append(f"{key}.env_vars.{var}={value!r}: environment variables are strings; quote the value "
+                         f"(e.g. '+{key}.env_vars.{var}=\"{value}\"' on the command line)")
 
 
 def _check_remote_env(cfg: Config, p: list[str]) -> None:

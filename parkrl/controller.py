@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from parkrl.config import Config, ConfigError, RewardConfig, reward_is_called, validate
@@ -31,7 +31,31 @@ from parkrl.workers.group import WorkerDied, WorkerError, WorkerTimeout
 def train(cfg: Config, reward_fn: RewardFunction | None = None) -> Path:
     """Run RL steps up to `trainer.total_steps`, continuing from a checkpoint as `trainer.resume`
     says; returns the output directory. Every check of the config and data runs before any
-    worker starts. `reward_fn`: use this object instead of building `reward.cls` (parkrl.run)."""
+    worker starts. `reward_fn`: use this object instead of building `reward.cls` (parkrl.run).
+
+    A worker failure the fleet cannot ride out (the learner's node lost, engines below
+    resources.rollout.min_workers) ends the attempt within its timeouts; with
+    `trainer.max_restarts=N` the workers are then started again, in this process, from the last
+    checkpoint (as trainer.resume=auto would), up to N times."""
+    restarts = 0
+    while True:
+        try:
+            return _train_once(cfg, reward_fn)
+        except (WorkerError, WorkerTimeout) as e:
+            last = checkpoint.complete_checkpoints(Path(cfg.trainer.output_dir))
+            if restarts >= cfg.trainer.max_restarts or not last:
+                if cfg.trainer.max_restarts and not last:
+                    e.add_note("trainer.max_restarts: no checkpoint to restart from yet (trainer.save_every)")
+                raise
+            restarts += 1
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            print(f"[parkrl] event: the run's workers failed ({cause}); restarting them from {last[-1]} "
+                  f"({restarts}/{cfg.trainer.max_restarts} of trainer.max_restarts)", flush=True)
+            cfg = replace(cfg, trainer=replace(cfg.trainer, resume="auto"))
+
+
+def _train_once(cfg: Config, reward_fn: RewardFunction | None) -> Path:
+    """One attempt of `train`: check, start the workers, step until done or stopped."""
     _user_code(import_plugins, "trainer.imports", cfg.trainer.imports)
     validate(cfg)  # registered estimator names are checked below, once torch is imported
     t = cfg.trainer

@@ -45,6 +45,7 @@ def rl_step(step: int, fleet: Fleet, source: BatchSource, tokenizer, reward_fn: 
     source.settle(timer)  # one step off: the next batch is complete, the engines are idle
     with timer("sync"):
         fleet.sync_weights()
+        fleet.at_step_boundary()  # an elastic fleet: engines leave (preempted) or join here
     if eval_due(cfg, step):
         with timer("eval"):
             metrics.update(evaluate(fleet, tokenizer, reward_fn, data.eval, cfg))
@@ -67,6 +68,8 @@ def rl_step(step: int, fleet: Fleet, source: BatchSource, tokenizer, reward_fn: 
     trained = (sum(len(p) for p in batch.prompt_ids) + batch.num_response_tokens) * lc.epochs
     metrics["perf/train_tokens_per_s"] = trained / max(metrics["timing/update_s"], 1e-9)
     metrics["workers/restarts"] = float(fleet.restarts)
+    if fleet.elastic:
+        metrics.update(fleet.elastic_metrics())
     return metrics, batch
 
 

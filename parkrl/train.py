@@ -32,7 +32,8 @@ from parkrl.runs.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, 
 CONF_DIR = str(Path(__file__).with_name("conf"))
 ConfigStore.instance().store(name="parkrl_schema", node=Config)
 # Where a `+key=value` override may add keys: the free-form dicts (user arguments, Ray placement).
-FREE_FORM = ("data.task_args", "reward.args", "env.args", "custom_resources", "node_labels")
+FREE_FORM = ("data.task_args", "data.eval_task_args", "reward.args", "env.args", "custom_resources", "node_labels",
+             "runtime_env")
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -395,6 +395,7 @@ def _run_pipeline(cfg: Config, model_path: str, source: RowSource, n: int, expec
             Generate, fn_constructor_args=(cfg, model_path, n, _TEST_DIE_ONCE), batch_size=i.batch_size,
             concurrency=res.num_workers, num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker or None,
             resources=dict(res.custom_resources) or None, label_selector=dict(res.node_labels) or None,
+            runtime_env=dict(res.runtime_env) or None,
             # a dead engine actor is restarted (trainer.max_worker_restarts times) and its batch retried on it
             max_restarts=cfg.trainer.max_worker_restarts, max_task_retries=-1,
         )

@@ -89,7 +89,8 @@ def ray_cluster(cfg: Config) -> Iterator[None]:
                 res = cfg.resources
                 needed = (sum(r.num_workers * r.cpus_per_worker for r in (res.learner, res.rollout))
                           + sum(m.resources.num_workers * m.resources.cpus_per_worker for m in cfg.reward.models)
-                          + (cfg.sandbox.servers + 1) * res.sandbox.cpus_per_worker * bool(cfg.sandbox.servers))
+                          + (cfg.sandbox.servers + 1) * res.sandbox.cpus_per_worker * bool(cfg.sandbox.servers)
+                          + (cfg.env.servers + 1) * res.env.cpus_per_worker * bool(cfg.env.remote and cfg.env.servers))
                 temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
                 _mark_ours(temp_dir)
                 ray.init(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -36,6 +37,11 @@ class EngineWorker:
             tensor_parallel_size=r.tensor_parallel_size,
         )
         self._closing = threading.Event()
+        self._draining = False
+        rr = cfg.resources.rollout
+        elastic = (rr.min_workers or rr.num_workers, rr.max_workers or rr.num_workers) != (rr.num_workers,) * 2
+        if elastic and _in_ray_actor() and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)  # Ray's own handler would end the process now
         if _in_ray_actor() and hasattr(self.engine, "dead"):
             threading.Thread(target=self._watch_engine, daemon=True, name="parkrl-engine-watch").start()
 
@@ -49,6 +55,19 @@ class EngineWorker:
                 print(f"[parkrl] rollout[{self.rank}]: vLLM's engine core process is gone (EngineDeadError); "
                       f"ending this worker's process so that it is restarted", file=sys.stderr, flush=True)
                 os._exit(1)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        """A preemption notice (Kubernetes evicting a spot pod sends SIGTERM first): finish what is
+        running and leave at the next step boundary (`draining`), instead of dying mid-step."""
+        if self._closing.is_set():  # shutting down anyway: end as a SIGTERM would
+            os._exit(128 + signum)
+        self._draining = True
+        print(f"[parkrl] rollout[{self.rank}]: SIGTERM (a preemption notice): draining at the step boundary",
+              file=sys.stderr, flush=True)
+
+    def draining(self) -> bool:
+        """Whether this engine got a preemption notice and should leave the fleet."""
+        return self._draining
 
     def weight_dtype(self) -> str:
         """The dtype this engine holds its weights in: the learner casts to it before sending, so
@@ -80,9 +99,11 @@ class EngineWorker:
         return run_episodes(self.engine, make_env, samples, spec, tok, limits,
                             lambda messages: chat_prompt_ids(tok, messages), index_offset)
 
-    def join_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
-        """Join the sync group: this engine's tensor-parallel rank k as `sync_rank(engine, tp, k)`."""
-        first = sync_rank(self.rank, self.cfg.rollout.tensor_parallel_size)
+    def join_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float,
+                        index: int | None = None) -> None:
+        """Join the sync group as the `index`-th engine in it (default: its rank): tensor-parallel
+        rank k as `sync_rank(index, tp, k)`."""
+        first = sync_rank(self.rank if index is None else index, self.cfg.rollout.tensor_parallel_size)
         self.engine.join_sync_group(host, port, first, world_size, backend, timeout_s)
 
     def receive_weights(self, wire_metas: list) -> None:

@@ -8,8 +8,9 @@ controller never deals with ranks.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -20,7 +21,7 @@ from parkrl.sync.ipc import pair_by_gpu, shared_gpu
 from parkrl.sync.process_group import sync_world_size
 from parkrl.workers.engine import EngineWorker
 from parkrl.workers.fsdp_learner import FSDPLearner
-from parkrl.workers.group import WorkerDied, WorkerError, WorkerGroup, WorkerTimeout, wait_all
+from parkrl.workers.group import WorkerDied, WorkerError, WorkerGroup, WorkerTimeout, _error, wait_all
 from parkrl.workers.learner import Learner
 from parkrl.workers.reward_model import RewardModelWorker
 
@@ -35,6 +36,16 @@ class Fleet:
         n_learners = res.learner.num_workers
         self.cfg = cfg
         self.restarts = 0  # rollout workers restarted so far
+        r = res.rollout
+        self.min_engines, self.max_engines = r.min_workers or r.num_workers, r.max_workers or r.num_workers
+        self.elastic = (self.min_engines, self.max_engines) != (r.num_workers, r.num_workers)
+        self.live = list(range(r.num_workers))  # engine slots in service, in sync-rank order
+        self.joining: dict[int, Any] = {}  # slot -> handle done once its new engine is up
+        self.lost = self.joined = 0  # engines lost / joined since the last `elastic_metrics`
+        self.lost_total = self.joined_total = 0
+        self.nodes: dict[int, str] = {}  # engine slot -> the Ray node it runs on (elastic)
+        self.started: dict[int, float] = {}  # engine slot -> when its new engine was started
+        self.drained_nodes: set[str] = set()  # nodes whose engines left on a preemption notice
         # Collective learner calls from two threads (one step off: an engine restart's re-sync in
         # the background beside the update) must not interleave across ranks.
         self._learner_lock = threading.RLock()
@@ -47,7 +58,8 @@ class Fleet:
                                        bundle_extra=res.rollout if res.colocate else None)
             self.engines = WorkerGroup("rollout", EngineWorker, engine_resources(cfg), t.runtime, t.worker_timeout_s,
                                        lambda rank: (cfg, model_path, rank),
-                                       colocate_with=self.learner if res.colocate else None)
+                                       colocate_with=self.learner if res.colocate else None,
+                                       slots=self.max_engines if self.elastic else 0)
             self.reward_models = [
                 WorkerGroup(f"reward_model{k}", RewardModelWorker, spec.resources, t.runtime, t.worker_timeout_s,
                             lambda rank, spec=spec: (spec, rank))
@@ -66,6 +78,8 @@ class Fleet:
             mode = self.learner.call("resolve_rollout_correction", dtypes[0])[0]
             print(f"[parkrl] rollout correction: algorithm.rollout_correction={cfg.algorithm.rollout_correction} -> "
                   f"{mode} (engines compute in {dtypes[0]})", flush=True)
+            if self.elastic:
+                self._note_nodes()
             if res.colocate:  # colocated pairs hand weights over by CUDA IPC instead of a sync group
                 self._share_weights()
             else:
@@ -80,10 +94,11 @@ class Fleet:
         t, res = self.cfg.trainer, self.cfg.resources
         backend = "nccl" if res.learner.gpus_per_worker > 0 and res.rollout.gpus_per_worker > 0 else "gloo"
         host, port = self.learner.call("free_address", ranks=[0])[0]
-        world = sync_world_size(len(self.engines), self.cfg.rollout.tensor_parallel_size)
+        world = sync_world_size(len(self.live), self.cfg.rollout.tensor_parallel_size)
         wait_all([
             self.learner.submit("join_sync_group", host, port, world, backend, ranks=[0]),
-            self.engines.submit("join_sync_group", host, port, world, backend, t.sync_timeout_s),
+            self.engines.submit_each("join_sync_group", [(host, port, world, backend, t.sync_timeout_s, k)
+                                                         for k in range(len(self.live))], self.live),
         ], t.worker_timeout_s)
 
     # ---- phases -------------------------------------------------------------------------------
@@ -96,19 +111,20 @@ class Fleet:
         return self._recovering(lambda: self._generate(prompts, spec))
 
     def _generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Completion]]:
-        parts = _split(len(prompts), len(self.engines))
+        parts = _split(len(prompts), len(self.live))
         args = [(prompts[a:b], _offset(spec, a)) for a, b in parts.values()]
-        results = self.engines.wait(self.engines.submit_each("generate", args, list(parts)))
-        return [group for chunk in results for group in chunk]
+        pending = self.engines.submit_each("generate", args, [self.live[k] for k in parts])
+        _chaos("generate", self)
+        return [group for chunk in self.engines.wait(pending) for group in chunk]
 
     def episodes(self, samples: list[dict], spec: SamplingSpec) -> list:
         """One multi-turn episode (parkrl.envs.Episode) per sample, samples spread over the engines."""
         return self._recovering(lambda: self._episodes(samples, spec))
 
     def _episodes(self, samples: list[dict], spec: SamplingSpec) -> list:
-        parts = _split(len(samples), len(self.engines))
+        parts = _split(len(samples), len(self.live))
         args = [(samples[a:b], spec, a) for a, b in parts.values()]
-        results = self.engines.wait(self.engines.submit_each("run_episodes", args, list(parts)))
+        results = self.engines.wait(self.engines.submit_each("run_episodes", args, [self.live[k] for k in parts]))
         return [ep for chunk in results for ep in chunk]
 
     def _recovering(self, call: Callable[[], T]) -> T:
@@ -116,10 +132,13 @@ class Fleet:
         gone (killed, OOM, node lost), restart that engine, rebuild the sync group, push the
         current weights and run `call` again, at most `trainer.max_worker_restarts` restarts
         per run. Other failures (a learner death included) propagate: resume from a checkpoint.
+        An elastic fleet instead drops the dead engines and re-plans `call` over the others
+        while at least `min_workers` live (their slots are filled again at a step boundary).
 
         A death during the weight sync first shows as the learner's broadcast failing, so the
         engines are probed rather than trusting which error arrived first."""
         dead: list[int] = []
+        regroup = False
         while True:
             if self._closed:
                 raise RuntimeError("the fleet is shut down")
@@ -127,11 +146,16 @@ class Fleet:
                 if dead:
                     self._restart_engines(dead)
                     dead = []
+                if regroup:  # the survivors' sync group lost members: a new one, and current weights
+                    self._regroup()
+                    regroup = False
                 return call()
             except (WorkerError, WorkerTimeout) as e:
-                dead = self.engines.dead_ranks()
-                if isinstance(e, WorkerDied) and e.role == "rollout" and e.rank not in dead:
-                    dead.append(e.rank)
+                dead = self._dead_engines(e)
+                if self.elastic and dead and len(self.live) - len(dead) >= self.min_engines:
+                    self._lose(dead, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                    dead, regroup = [], True
+                    continue
                 limit = self.cfg.trainer.max_worker_restarts
                 if not dead or self.restarts + len(dead) > limit:
                     if dead:
@@ -200,15 +224,102 @@ class Fleet:
 
     def _sync_weights(self) -> None:
         with self._learner_lock:
-            wait_all([
-                self.learner.submit("push_weights", self._metas),
-                self.engines.submit("receive_weights", self._metas),
-            ], self.cfg.trainer.worker_timeout_s)
+            pushing = self.learner.submit("push_weights", self._metas)
+            receiving = self.engines.submit("receive_weights", self._metas, ranks=self.live)
+            _chaos("sync", self)
+            wait_all([pushing, receiving], self.cfg.trainer.worker_timeout_s)
+
+    # ---- an elastic fleet (resources.rollout.min_workers/max_workers) ----------------------------
+    def _dead_engines(self, e: BaseException) -> list[int]:
+        """The live engines whose process is gone after the failure `e`. An elastic fleet first
+        asks which engines' nodes are down (immediate, while the survivors may still sit in a
+        collective with the lost one); else each engine is probed (a busy one counts as alive)."""
+        dead = []
+        if self.elastic:
+            alive = _alive_nodes()
+            dead = [r for r in self.live if self.nodes.get(r) and self.nodes[r] not in alive]
+        if not dead:
+            dead = [r for r in self.engines.dead_ranks() if r in self.live]
+        if isinstance(e, WorkerDied) and e.role == "rollout" and e.rank not in dead:
+            dead.append(e.rank)
+        return dead
+
+    def _regroup(self) -> None:
+        """A new sync group of the live engines, and the current weights pushed to them."""
+        self._join_sync_group()
+        self._sync_weights()
+
+    def _note_nodes(self) -> None:
+        """Remember each live engine's node (a lost node's placement no longer says it)."""
+        self.nodes.update({r: n for r, n in enumerate(self.engines.node_ids()) if r in self.live and n})
+
+    def _lose(self, ranks: list[int], why: str, died: bool = True) -> None:
+        """Take engine slots `ranks` out of service (their workers died, or leave: `died=False`),
+        saying which node and why."""
+        alive = _alive_nodes()
+        for r in ranks:
+            node = self.nodes.get(r, "")
+            cause = (f"{why} on node {node[:12]}" if not died else f"node {node[:12]} is gone"
+                     if node and node not in alive else f"its worker on node {node[:12]} died: {why[:160]}")
+            self.engines.vacate(r)
+            self.live.remove(r)
+            self.lost += 1
+            self.lost_total += 1
+            print(f"[parkrl] event: rollout[{r}] lost ({cause}); {len(self.live)} engine(s) go on "
+                  f"(resources.rollout.min_workers={self.min_engines}); the step re-plans its batch over them",
+                  flush=True)
+
+    def at_step_boundary(self) -> None:
+        """Between steps (the engines idle, weights current): engines draining after a preemption
+        notice (SIGTERM) leave; engines started earlier that are up join (a new sync group, the
+        current weights); empty slots whose placement group is placed get a new engine, which
+        joins at a later boundary. A no-op for a fixed fleet."""
+        if not self.elastic:
+            return
+        draining = [r for r, d in zip(self.live, self._recovering(lambda: self.engines.call("draining", ranks=self.live)))
+                    if d and len(self.live) > self.min_engines]
+        if draining:
+            self.drained_nodes.update(self.nodes.get(r, "") for r in draining)  # going away: start nothing there
+            self._lose(draining, "a preemption notice (SIGTERM): drained at the step boundary", died=False)
+        up = [r for r, handle in self.joining.items() if self.engines.runtime.done(handle)]
+        ready = []
+        for r in up:
+            problem = _error(self.engines.runtime, self.joining.pop(r))
+            if problem is None:
+                ready.append(r)
+            else:
+                print(f"[parkrl] event: rollout[{r}] failed to start ({type(problem).__name__}); its slot is "
+                      f"tried again later", flush=True)
+                self.engines.vacate(r)
+        if draining or ready:
+            self.live = sorted(self.live + ready)
+            self._note_nodes()
+            self._recovering(self._regroup)
+            for r in ready:
+                self.joined += 1
+                self.joined_total += 1
+                print(f"[parkrl] event: rollout[{r}] joined on node {self.nodes.get(r, '')[:12]} after "
+                      f"{time.monotonic() - self.started.pop(r, time.monotonic()):.1f} s; {len(self.live)} engine(s) "
+                      f"from the next step", flush=True)
+        placed = self.engines.node_ids()
+        for r in range(self.max_engines):
+            if (r not in self.live and r not in self.joining and self.engines.slot_ready(r)
+                    and placed[r] not in self.drained_nodes):
+                self.joining[r] = self.engines.fill(r)
+                self.started[r] = time.monotonic()
+
+    def elastic_metrics(self) -> dict[str, float]:
+        """workers/rollout_alive now, workers/lost and workers/joined since the last call."""
+        out = {"workers/rollout_alive": float(len(self.live)), "workers/lost": float(self.lost),
+               "workers/joined": float(self.joined)}
+        self.lost = self.joined = 0
+        return out
 
     def peak_memory(self) -> dict[str, float]:
         """Peak RSS of the largest worker of each role, in GiB."""
-        return {f"memory/{g.role}_peak_gib": max(self._recovering(lambda g=g: g.call("peak_rss_gib")))
-                for g in (self.learner, self.engines)}
+        return {"memory/learner_peak_gib": max(self.learner.call("peak_rss_gib")),
+                "memory/rollout_peak_gib": max(self._recovering(lambda: self.engines.call("peak_rss_gib",
+                                                                                         ranks=self.live)))}
 
     def save_checkpoint(self, path: str) -> None:
         """Every learner rank writes its shards of the training state under `path`."""
@@ -272,3 +383,21 @@ def _offset(spec: SamplingSpec, k: int) -> SamplingSpec:
     from dataclasses import replace
 
     return replace(spec, seed=spec.seed + k * spec.n)
+
+
+# Test-only (tests/chaos_run.py): called with ("generate" | "sync", the fleet) once those calls are on their way.
+_CHAOS_HOOK: Callable[[str, "Fleet"], None] | None = None
+
+
+def _chaos(phase: str, fleet: "Fleet") -> None:
+    if _CHAOS_HOOK is not None:
+        _CHAOS_HOOK(phase, fleet)
+
+
+def _alive_nodes() -> set[str]:
+    """Ids of the Ray nodes alive now (empty off Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return set()
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}

@@ -48,19 +48,21 @@ class WorkerGroup:
 
     def __init__(self, role: str, cls: type, resources: RoleResources, runtime: str,
                  timeout_s: float, init_args: Callable[[int], tuple], colocate_with: "WorkerGroup | None" = None,
-                 bundle_extra: RoleResources | None = None) -> None:
+                 bundle_extra: RoleResources | None = None, slots: int = 0) -> None:
         """runtime: "ray" or "local"; colocate_with: put worker i into that group's placement
         bundle i (same node, same GPU); bundle_extra: resources this group's bundles reserve for
-        such a guest group. Both are Ray only."""
+        such a guest group; slots > 0: elastic, `slots` placement groups of one worker each, the
+        first `resources.num_workers` started (the others None until `fill`). All are Ray only."""
         self.role, self.timeout_s = role, timeout_s
         self.runtime: RayRuntime | LocalRuntime
         if runtime == "ray":
             self.runtime = RayRuntime(role, cls, resources, init_args, timeout_s,
                                       host=None if colocate_with is None else colocate_with.runtime,
-                                      bundle_extra=bundle_extra)
+                                      bundle_extra=bundle_extra, slots=slots)
         else:
             self.runtime = LocalRuntime(role, cls, resources.num_workers, init_args)
         self.workers: list[Any] = self.runtime.start_all(self)
+        self.workers += [None] * (slots - len(self.workers))
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -71,7 +73,7 @@ class WorkerGroup:
     # ---- calling ------------------------------------------------------------------------------
     def submit(self, method: str, *args: Any, ranks: Sequence[int] | None = None) -> Pending:
         """Start `method(*args)` on `ranks` (default: all) without waiting."""
-        ranks = list(range(len(self))) if ranks is None else list(ranks)
+        ranks = [r for r, w in enumerate(self.workers) if w is not None] if ranks is None else list(ranks)
         return self.submit_each(method, [args] * len(ranks), ranks)
 
     def submit_each(self, method: str, args: Sequence[tuple], ranks: Sequence[int] | None = None) -> Pending:
@@ -103,6 +105,22 @@ class WorkerGroup:
         """Replace worker `rank` (dead or not) by a fresh one in the same placement slot (Ray only)."""
         self.workers[rank] = self.runtime.restart(rank, self.workers[rank])
 
+    # elastic groups (Ray only): slots that lose or gain their worker
+    def vacate(self, rank: int) -> None:
+        """End worker `rank` (if still alive) and leave its slot empty."""
+        worker, self.workers[rank] = self.workers[rank], None
+        if worker is not None:
+            self.runtime.kill(worker)
+
+    def slot_ready(self, rank: int) -> bool:
+        """Whether empty slot `rank` could take a worker now (its placement group is placed)."""
+        return self.runtime.slot_ready(rank)
+
+    def fill(self, rank: int) -> Any:
+        """Start a worker in empty slot `rank`; returns a handle that is done once it is up."""
+        self.workers[rank] = self.runtime.restart(rank, None)
+        return self.workers[rank].__ray_ready__.remote()
+
     def node_ids(self) -> list[str]:
         """The Ray node each worker was placed on (Ray only), in rank order."""
         return self.runtime.node_ids(len(self.workers))
@@ -128,31 +146,57 @@ class WorkerGroup:
 
 class RayRuntime:
     """Each worker a Ray actor, worker i in bundle i of the role's placement group, or of the
-    `host` runtime's group when colocated (the host owns it and removes it)."""
+    `host` runtime's group when colocated (the host owns it and removes it). Elastic (the
+    rollout role with min_workers < max_workers): worker i in a placement group of its own, one
+    per slot up to `slots`; the first `resources.num_workers` must be placed at start, the others
+    wait for capacity (an autoscaler sees their demand) and a lost node's group is re-placed by
+    Ray, so a slot is filled again whenever its group is ready (`slot_ready`)."""
 
     def __init__(self, role: str, cls: type, resources: RoleResources, init_args: Callable[[int], tuple],
-                 timeout_s: float, host: "RayRuntime | None" = None, bundle_extra: RoleResources | None = None) -> None:
+                 timeout_s: float, host: "RayRuntime | None" = None, bundle_extra: RoleResources | None = None,
+                 slots: int = 0) -> None:
         self._cls, self._resources, self._init_args, self._n = cls, resources, init_args, resources.num_workers
         self.bundle = _bundle(resources, bundle_extra)  # what each bundle reserves, guests' share included
         self.owns_placement_group = host is None
+        self.elastic = slots > 0
         if host is not None:
             self.placement_group = host.placement_group
             return
-        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.placement_group import placement_group
 
-        n, labels = self._n, dict(resources.node_labels)
-        self.placement_group = placement_group([dict(self.bundle) for _ in range(n)], strategy="PACK",
+        labels = dict(resources.node_labels)
+        if self.elastic:  # one group per slot: a lost node strands no other slot
+            self.groups = [placement_group([dict(self.bundle)], name=f"parkrl-{role}-{i}",
+                                           bundle_label_selector=[labels] if labels else None) for i in range(slots)]
+            self._wait_placed(role, self.groups[: self._n], timeout_s)
+            return
+        self.placement_group = placement_group([dict(self.bundle) for _ in range(self._n)], strategy="PACK",
                                                name=f"parkrl-{role}",
-                                               bundle_label_selector=[labels] * n if labels else None)
+                                               bundle_label_selector=[labels] * self._n if labels else None)
+        self._wait_placed(role, [self.placement_group], timeout_s)
+
+    def _wait_placed(self, role: str, groups: list[Any], timeout_s: float) -> None:
+        from ray.util.placement_group import remove_placement_group
+
         deadline = time.monotonic() + timeout_s
-        while not self.placement_group.wait(min(1.0, max(deadline - time.monotonic(), 0.0))):  # Ctrl-C between
-            if time.monotonic() < deadline:
-                continue
-            remove_placement_group(self.placement_group)
-            raise WorkerTimeout(
-                f"could not place {n} {role} worker(s) of {self.bundle} within {timeout_s:.0f} s: the "
-                f"cluster lacks the resources (see resources.{role}.* and `ray status`)"
-            )
+        for pg in groups:
+            while not pg.wait(min(1.0, max(deadline - time.monotonic(), 0.0))):  # Ctrl-C between
+                if time.monotonic() < deadline:
+                    continue
+                for g in getattr(self, "groups", [self.placement_group] if hasattr(self, "placement_group") else []):
+                    remove_placement_group(g)
+                raise WorkerTimeout(
+                    f"could not place {self._n} {role} worker(s) of {self.bundle} within {timeout_s:.0f} s: the "
+                    f"cluster lacks the resources (see resources.{role}.* and `ray status`)"
+                )
+
+    def _slot(self, rank: int) -> tuple[Any, int]:
+        """(placement group, bundle index) of worker `rank`."""
+        return (self.groups[rank], 0) if self.elastic else (self.placement_group, rank)
+
+    def slot_ready(self, rank: int) -> bool:
+        """Whether slot `rank`'s placement group is placed now (elastic only; never waits)."""
+        return self.groups[rank].wait(0)
 
     def start_all(self, group: WorkerGroup) -> list[Any]:
         """One actor per rank; they start in the background (their first call waits for them)."""
@@ -162,39 +206,51 @@ class RayRuntime:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        group, index = self._slot(rank)
         return ray.remote(self._cls).options(
             num_cpus=self._resources.cpus_per_worker,
             num_gpus=self._resources.gpus_per_worker,
             resources=dict(self._resources.custom_resources) or None,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group,
-                                                                 placement_group_bundle_index=rank),
+            # Ray merges an actor's runtime_env over the job's (ray.init's, parkrl's worker_env):
+            # field by field, the actor's replacing the job's, except env_vars, merged name by name
+            # (docs.ray.io "Handling Dependencies", Inheritance; tests/test_placement.py checks it).
+            runtime_env=dict(self._resources.runtime_env) or None,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index),
         ).remote(*self._init_args(rank))
 
     def submit(self, rank: int, worker: Any, method: str, args: tuple) -> Any:
         return getattr(worker, method).remote(*args)
 
     def restart(self, rank: int, worker: Any) -> Any:
-        """Kill `worker` (if still alive) and start a fresh actor in its bundle."""
+        """Kill `worker` (if any, if still alive) and start a fresh actor in its bundle."""
+        if worker is not None:
+            self.kill(worker)
+        return self._start(rank)
+
+    @staticmethod
+    def kill(worker: Any) -> None:
         import ray
 
         try:
             ray.kill(worker, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
-        return self._start(rank)
 
     def dead_ranks(self, workers: list[Any], probe_s: float) -> list[int]:
         import ray
 
-        probes = [w.__ray_ready__.remote() for w in workers]
-        ray.wait(probes, num_returns=len(probes), timeout=probe_s)
-        return [r for r, ref in enumerate(probes) if self.done(ref) and _is_death(_error(self, ref))]
+        probes = {r: w.__ray_ready__.remote() for r, w in enumerate(workers) if w is not None}
+        ray.wait(list(probes.values()), num_returns=len(probes), timeout=probe_s)
+        return [r for r, ref in probes.items() if self.done(ref) and _is_death(_error(self, ref))]
 
     def node_ids(self, n: int) -> list[str]:
         from ray.util.placement_group import placement_group_table
 
-        bundles = placement_group_table(self.placement_group)["bundles_to_node_id"]
-        return [bundles[i] for i in range(n)]
+        out = []
+        for rank in range(n):
+            group, index = self._slot(rank)
+            out.append(placement_group_table(group)["bundles_to_node_id"].get(index, ""))
+        return out
 
     def close(self, workers: list[Any]) -> None:
         """Kill every actor, then remove the placement group if it is this group's own."""
@@ -202,9 +258,11 @@ class RayRuntime:
         from ray.util.placement_group import remove_placement_group
 
         for w in workers:
-            ray.kill(w)
+            if w is not None:
+                ray.kill(w)
         if self.owns_placement_group:
-            remove_placement_group(self.placement_group)
+            for group in self.groups if self.elastic else [self.placement_group]:
+                remove_placement_group(group)
 
     # Handles are Ray object refs.
     @staticmethod

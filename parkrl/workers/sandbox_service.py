@@ -179,7 +179,7 @@ def start_service_fleet(cfg: Config, folder: Path, name: str, module: str, place
 def _role(r: ServiceResources, n: int) -> RoleResources:
     """`n` workers placed as `r` (resources.sandbox or resources.env) says (CPU only)."""
     return RoleResources(num_workers=n, cpus_per_worker=r.cpus_per_worker, custom_resources=dict(r.custom_resources),
-                         node_labels=dict(r.node_labels))
+                         node_labels=dict(r.node_labels), runtime_env=dict(r.runtime_env))
 
 
 def _node_ip() -> str:
