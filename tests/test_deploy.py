@@ -140,6 +140,41 @@ def test_sandbox_service_commands_parse_and_the_gateway_reaches_every_server(san
         assert str(Path(path).parent) in mounts
 
 
+ENV_MANIFEST = repo_root() / "deploy" / "envs" / "env-service.yaml"
+
+
+def test_env_service_manifests_are_valid_and_the_gateway_reaches_every_server():
+    """deploy/envs/env-service.yaml: valid objects; the commands parse with the server's and the
+    gateway's own parsers, auth on; the gateway lists each server pod; the secrets they read are mounted;
+    the gateway's call deadline is above the default env.step_timeout_s."""
+    from parkrl.config import EnvConfig
+    from parkrl.envs.server.__main__ import parse_args
+    from parkrl.gateway.__main__ import build_parser
+
+    docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in yaml.safe_load_all(ENV_MANIFEST.read_text())}
+    assert set(docs) == {"Service/parkrl-env", "StatefulSet/parkrl-env", "Service/parkrl-env-gateway",
+                         "Deployment/parkrl-env-gateway"}
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    servers, gateway_doc = docs["StatefulSet/parkrl-env"], docs["Deployment/parkrl-env-gateway"]
+    server_cmd = servers["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert server_cmd[:3] == ["python", "-m", "parkrl.envs.server"]
+    server = parse_args(server_cmd[3:])
+    assert not server.insecure_no_auth and server.allow  # auth on, and only the listed environment packages
+    gateway_cmd = gateway_doc["spec"]["template"]["spec"]["containers"][0]["command"]
+    gateway = build_parser().parse_args(gateway_cmd[3:])
+    assert not gateway.insecure_no_auth and gateway.call_timeout_s > EnvConfig.step_timeout_s
+    headless = docs["Service/parkrl-env"]
+    assert headless["spec"]["clusterIP"] == "None" and servers["spec"]["serviceName"] == headless["metadata"]["name"]
+    expected = [f"http://{servers['metadata']['name']}-{i}.{headless['metadata']['name']}:{server.port}"
+                for i in range(servers["spec"]["replicas"])]
+    assert gateway.servers.split(",") == expected
+    mounts = {m["mountPath"] for c in (servers, gateway_doc)
+              for m in c["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    for path in (server.token_file, gateway.tokens_file, gateway.server_token_file, gateway.secret_file):
+        assert str(Path(path).parent) in mounts
+
+
 SPOT_MANIFEST = repo_root() / "deploy" / "kuberay" / "rayjob-spot.yaml"
 
 
