@@ -109,5 +109,6 @@ def preempt_scenario(model_dir: str, out_dir: str) -> dict:
 
 
 if __name__ == "__main__":
-    result = {"engines": engines_scenario, "learner": learner_scenario, "preempt": preempt_scenario}[sys.argv[3]](sys.argv[1], sys.argv[2])
+    scenarios = {"engines": engines_scenario, "learner": learner_scenario, "preempt": preempt_scenario}
+    result = scenarios[sys.argv[3]](sys.argv[1], sys.argv[2])
     print(json.dumps(result))
