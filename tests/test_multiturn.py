@@ -175,6 +175,32 @@ def test_a_slow_environment_does_not_hold_up_other_episodes(tok):
     assert all(ep.finish_reason == "done" for ep in episodes) and time.monotonic() - t0 < 2.0
 
 
+def test_a_slow_reset_does_not_hold_up_other_episodes_and_a_hung_one_is_named(tok):
+    """Resets run in the pool like steps (a remote environment's reset is an HTTP call)."""
+    turn = tok.encode(" ok", add_special_tokens=False) + [tok.eos_token_id]
+    made = []
+
+    class SlowReset(TwoTurns):
+        def __init__(self, delay: float = 0.5):
+            super().__init__()
+            self.first, self.delay = not made, delay
+            made.append(self)
+
+        def reset(self, sample):
+            if self.first:
+                time.sleep(self.delay)
+            return super().reset(sample)
+
+    engine = ScriptedEngine({i: [turn] * 2 for i in range(3)})
+    episodes = run(tok, engine, SlowReset, 3)
+    order = [rid for rid, _ in engine.log]
+    assert order.index("0:0") > max(order.index(f"{i}:0") for i in (1, 2))  # the others started meanwhile
+    assert all(ep.finish_reason == "done" for ep in episodes)
+    made.clear()
+    with pytest.raises(TimeoutError, match=r"SlowReset.reset of sample 0 did not return within env.step_timeout_s=0.3"):
+        run(tok, ScriptedEngine({i: [turn] * 2 for i in range(2)}), lambda: SlowReset(2.0), 2, step_timeout_s=0.3)
+
+
 class Hanging(TwoTurns):
     """Episode 0's step hangs (far past the step deadline) or raises; every instance records its close."""
     made: list["Hanging"] = []

@@ -85,28 +85,35 @@ class _EpisodeLoop:
         self.specs: list[SamplingSpec] = [spec] * len(samples)  # with each environment's stop strings
         self.waiting = list(range(len(samples)))[::-1]  # not started yet (popped from the end: in order)
         self.in_engine: set[int] = set()
-        self.stepping: dict[cf.Future, tuple[int, Completion, float]] = {}  # (episode, its turn, deadline)
+        # (episode, its assistant turn or None for its reset, deadline)
+        self.stepping: dict[cf.Future, tuple[int, Completion | None, float]] = {}
         self.open_envs: set[int] = set()  # reset and not yet closed: at most limits.max_inflight
 
-    def _start_waiting(self) -> None:
-        """Reset and submit waiting episodes while fewer than `max_inflight` are open."""
+    def _start_waiting(self, pool: cf.ThreadPoolExecutor) -> None:
+        """Start waiting episodes while fewer than `max_inflight` are open: their `reset` runs in
+        the pool like a step (a slow one holds up no other episode)."""
         while self.waiting and len(self.open_envs) < self.limits.max_inflight:
             i = self.waiting.pop()
-            env, ep = self.envs[i], self.episodes[i]
             self.open_envs.add(i)
-            ep.prompt_ids = self.prompt_ids(env.reset(self.samples[i]))
-            # the environment's stop strings end a turn (e.g. after a tool call); a remote one knows them after reset
-            self.specs[i] = replace(self.spec, stop=tuple(dict.fromkeys(self.spec.stop + tuple(env.stop))))
-            room = self.limits.max_model_len - len(ep.prompt_ids)
-            if room <= 0:
-                raise ValueError(f"sample {self.offset + i}: the first prompt has {len(ep.prompt_ids)} tokens, "
-                                 f"rollout.max_model_len={self.limits.max_model_len}")
-            self._submit(i, min(self.spec.max_new_tokens, self.limits.max_total_tokens, room))
+            future = pool.submit(self.envs[i].reset, self.samples[i])
+            self.stepping[future] = (i, None, time.monotonic() + self.limits.step_timeout_s)
+
+    def _reset_done(self, i: int, future: cf.Future) -> None:
+        """Episode i's first messages are in: its prompt, then its first assistant turn."""
+        env, ep = self.envs[i], self.episodes[i]
+        ep.prompt_ids = self.prompt_ids(future.result())  # a reset that raised stops the rollout, naming it
+        # the environment's stop strings end a turn (e.g. after a tool call); a remote one knows them after reset
+        self.specs[i] = replace(self.spec, stop=tuple(dict.fromkeys(self.spec.stop + tuple(env.stop))))
+        room = self.limits.max_model_len - len(ep.prompt_ids)
+        if room <= 0:
+            raise ValueError(f"sample {self.offset + i}: the first prompt has {len(ep.prompt_ids)} tokens, "
+                             f"rollout.max_model_len={self.limits.max_model_len}")
+        self._submit(i, min(self.spec.max_new_tokens, self.limits.max_total_tokens, room))
 
     def run(self) -> list[Episode]:
         pool = cf.ThreadPoolExecutor(self.limits.workers, thread_name_prefix="env")
         try:
-            self._start_waiting()
+            self._start_waiting(pool)
             while self.in_engine or self.stepping:
                 if self.in_engine:
                     for rid, completion in self.engine.poll():
@@ -117,9 +124,12 @@ class _EpisodeLoop:
                     done, _ = cf.wait(list(self.stepping), timeout=wait_s, return_when=cf.FIRST_COMPLETED)
                     for future in done:
                         i, c, _ = self.stepping.pop(future)
-                        self._environment_turn(i, c, future)
+                        if c is None:
+                            self._reset_done(i, future)
+                        else:
+                            self._environment_turn(i, c, future)
                     self._end_overdue_steps()
-                self._start_waiting()
+                self._start_waiting(pool)
         finally:  # on an error leave nothing running: requests in the engine, queued environment steps
             if self.in_engine:
                 self.engine.abort([self._request_id(i) for i in self.in_engine])
@@ -132,7 +142,10 @@ class _EpisodeLoop:
         """End the episodes whose environment step ran past `env.step_timeout_s` (its thread
         cannot be stopped; its answer, if it ever comes, is dropped)."""
         now = time.monotonic()
-        for future, (i, _, deadline) in list(self.stepping.items()):
+        for future, (i, c, deadline) in list(self.stepping.items()):
+            if now >= deadline and not future.done() and c is None:
+                raise TimeoutError(f"{type(self.envs[i]).__name__}.reset of sample {self.offset + i} did not return "
+                                   f"within env.step_timeout_s={self.limits.step_timeout_s:g}")
             if now >= deadline and not future.done():
                 del self.stepping[future]
                 future.cancel()
