@@ -171,6 +171,14 @@ class RoleResources:
     min_workers: int = 0
     max_workers: int = 0
 
+    def worker_bounds(self) -> tuple[int, int]:
+        """(min_workers, max_workers) with 0 read as num_workers."""
+        return self.min_workers or self.num_workers, self.max_workers or self.num_workers
+
+    def elastic(self) -> bool:
+        """Whether the role's worker count may change during the run (rollout only)."""
+        return self.worker_bounds() != (self.num_workers, self.num_workers)
+
 
 @dataclass
 class RewardModelConfig:
@@ -542,19 +550,17 @@ def _check_sandbox(cfg: Config, p: list[str]) -> None:
 
 def _check_elastic(cfg: Config, p: list[str]) -> None:
     r = cfg.resources.rollout
-    lo, hi = r.min_workers or r.num_workers, r.max_workers or r.num_workers
+    lo, hi = r.worker_bounds()
     if r.min_workers < 0 or r.max_workers < 0 or not 1 <= lo <= r.num_workers <= hi:
         p.append(f"resources.rollout.min_workers={r.min_workers}, num_workers={r.num_workers}, max_workers="
                  f"{r.max_workers}: need 1 <= min_workers <= num_workers <= max_workers (0 = num_workers)")
-    if (lo, hi) != (r.num_workers, r.num_workers) and cfg.trainer.runtime == "local":
+    if r.elastic() and cfg.trainer.runtime == "local":
         p.append("resources.rollout.min_workers/max_workers: an elastic fleet runs on Ray (trainer.runtime=ray)")
-    if (lo, hi) != (r.num_workers, r.num_workers) and cfg.resources.colocate:
+    if r.elastic() and cfg.resources.colocate:
         p.append("resources.rollout.min_workers/max_workers: an elastic fleet needs engines of their own; "
                  "resources.colocate=true pairs each engine with a learner rank")
-    for role in ("learner",):
-        other = getattr(cfg.resources, role)
-        if other.min_workers or other.max_workers:
-            p.append(f"resources.{role}.min_workers/max_workers: only the rollout role is elastic; remove them")
+    if cfg.resources.learner.min_workers or cfg.resources.learner.max_workers:
+        p.append("resources.learner.min_workers/max_workers: only the rollout role is elastic; remove them")
 
 
 # The runtime_env fields Ray 2.60 knows (ray.runtime_env.RuntimeEnv; it would take any other name as

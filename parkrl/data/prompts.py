@@ -34,12 +34,8 @@ class TaskPrompts:
             train = read_rows(cfg.train_file, "data.train_file", cfg, cfg.train_seed)
             source = f"data.train_file={cfg.train_file!r}"
         else:
-            def rows(seed: int, size: int, seed_key: str, args: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-                samples = task_samples(cfg.task, args, seed, size, cfg.system_prompt)
-                return [(f"data.task={cfg.task!r} sample {i} ({seed_key}={seed})", s) for i, s in enumerate(samples)]
-
-            pool = rows(cfg.eval_seed, cfg.eval_size * 4, "data.eval_seed", {**cfg.task_args, **cfg.eval_task_args})
-            train = rows(cfg.train_seed, cfg.train_size, "data.train_seed", dict(cfg.task_args))
+            pool = task_rows(cfg, "eval", cfg.eval_size * 4)
+            train = task_rows(cfg, "train", cfg.train_size)
             source = f"data.task={cfg.task!r}"
         seen: set[str] = set()
         self.eval: list[dict[str, Any]] = []
@@ -89,6 +85,15 @@ class TaskPrompts:
             out.append(self.train[self._order[self._cursor]])
             self._cursor += 1
         return out
+
+
+def task_rows(cfg: DataConfig, split: str, size: int) -> list[tuple[str, dict[str, Any]]]:
+    """`size` samples of data.task for `split` "train" (data.train_seed, data.task_args) or "eval"
+    (data.eval_seed, data.task_args updated by data.eval_task_args), each with where it came from."""
+    seed = cfg.train_seed if split == "train" else cfg.eval_seed
+    args = dict(cfg.task_args) if split == "train" else {**cfg.task_args, **cfg.eval_task_args}
+    samples = task_samples(cfg.task, args, seed, size, cfg.system_prompt)
+    return [(f"data.task={cfg.task!r} sample {i} (data.{split}_seed={seed})", s) for i, s in enumerate(samples)]
 
 
 def check_prompt_lengths(data: TaskPrompts, tokenizer, max_new_tokens: int, max_model_len: int,

@@ -39,8 +39,7 @@ from typing import Any, Iterator, Protocol
 
 from parkrl.config import Config, ConfigError, DataConfig, RewardConfig, validate
 from parkrl.data.files import atomic_write, plan_rows, write_jsonl
-from parkrl.data.prompts import prompt_length_error, prompts_too_long
-from parkrl.data.reasoning_gym import task_samples
+from parkrl.data.prompts import prompt_length_error, prompts_too_long, task_rows
 
 MANIFEST = "_infer.json"  # what the shards of an output directory were made with
 # Test-only: a path; the first engine actor to generate creates it and exits (tests/test_infer.py).
@@ -92,12 +91,8 @@ def input_rows(cfg: Config, role: str) -> tuple[str, str, RowSource]:
         if path:
             seed = d.train_seed if role == "infer" else d.eval_seed
             return key, path, plan_rows(path, key, d, seed)
-    seed, size = (d.train_seed, d.train_size) if role == "infer" else (d.eval_seed, d.eval_size)
-    seed_key = "data.train_seed" if role == "infer" else "data.eval_seed"
-    args = dict(d.task_args) if role == "infer" else {**d.task_args, **d.eval_task_args}
-    samples = task_samples(d.task, args, seed, size, d.system_prompt)
-    return "data.task", d.task, TaskRows([(f"data.task={d.task!r} sample {i} ({seed_key}={seed})", s)
-                                          for i, s in enumerate(samples)])
+    split, size = ("train", d.train_size) if role == "infer" else ("eval", d.eval_size)
+    return "data.task", d.task, TaskRows(task_rows(d, split, size))
 
 
 def check_rows(source: RowSource, tokenizer, max_new_tokens: int, max_model_len: int, chunk: int = 1024) -> None:

@@ -38,9 +38,7 @@ class EngineWorker:
         )
         self._closing = threading.Event()
         self._draining = False
-        rr = cfg.resources.rollout
-        elastic = (rr.min_workers or rr.num_workers, rr.max_workers or rr.num_workers) != (rr.num_workers,) * 2
-        if elastic and _in_ray_actor() and threading.current_thread() is threading.main_thread():
+        if cfg.resources.rollout.elastic() and _in_ray_actor() and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_sigterm)  # Ray's own handler would end the process now
         if _in_ray_actor() and hasattr(self.engine, "dead"):
             threading.Thread(target=self._watch_engine, daemon=True, name="parkrl-engine-watch").start()

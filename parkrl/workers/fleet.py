@@ -37,12 +37,12 @@ class Fleet:
         self.cfg = cfg
         self.restarts = 0  # rollout workers restarted so far
         r = res.rollout
-        self.min_engines, self.max_engines = r.min_workers or r.num_workers, r.max_workers or r.num_workers
-        self.elastic = (self.min_engines, self.max_engines) != (r.num_workers, r.num_workers)
+        self.min_engines, self.max_engines = r.worker_bounds()
+        self.elastic = r.elastic()
         self.live = list(range(r.num_workers))  # engine slots in service, in sync-rank order
         self.joining: dict[int, Any] = {}  # slot -> handle done once its new engine is up
-        self.lost = self.joined = 0  # engines lost / joined since the last `elastic_metrics`
-        self.lost_total = self.joined_total = 0
+        self.lost_total = self.joined_total = 0  # engines lost / joined in this run
+        self._reported = (0, 0)  # the totals at the last `elastic_metrics`
         self.nodes: dict[int, str] = {}  # engine slot -> the Ray node it runs on (elastic)
         self.started: dict[int, float] = {}  # engine slot -> when its new engine was started
         self.drained_nodes: set[str] = set()  # nodes whose engines left on a preemption notice
@@ -263,7 +263,6 @@ class Fleet:
                      if node and node not in alive else f"its worker on node {node[:12]} died: {why[:160]}")
             self.engines.vacate(r)
             self.live.remove(r)
-            self.lost += 1
             self.lost_total += 1
             print(f"[parkrl] event: rollout[{r}] lost ({cause}); {len(self.live)} engine(s) go on "
                   f"(resources.rollout.min_workers={self.min_engines}); the step re-plans its batch over them",
@@ -296,24 +295,22 @@ class Fleet:
             self._note_nodes()
             self._recovering(self._regroup)
             for r in ready:
-                self.joined += 1
                 self.joined_total += 1
                 print(f"[parkrl] event: rollout[{r}] joined on node {self.nodes.get(r, '')[:12]} after "
                       f"{time.monotonic() - self.started.pop(r, time.monotonic()):.1f} s; {len(self.live)} engine(s) "
                       f"from the next step", flush=True)
-        placed = self.engines.node_ids()
         for r in range(self.max_engines):
             if (r not in self.live and r not in self.joining and self.engines.slot_ready(r)
-                    and placed[r] not in self.drained_nodes):
+                    and self.engines.node_id(r) not in self.drained_nodes):
                 self.joining[r] = self.engines.fill(r)
                 self.started[r] = time.monotonic()
 
     def elastic_metrics(self) -> dict[str, float]:
         """workers/rollout_alive now, workers/lost and workers/joined since the last call."""
-        out = {"workers/rollout_alive": float(len(self.live)), "workers/lost": float(self.lost),
-               "workers/joined": float(self.joined)}
-        self.lost = self.joined = 0
-        return out
+        lost, joined = self.lost_total - self._reported[0], self.joined_total - self._reported[1]
+        self._reported = (self.lost_total, self.joined_total)
+        return {"workers/rollout_alive": float(len(self.live)), "workers/lost": float(lost),
+                "workers/joined": float(joined)}
 
     def peak_memory(self) -> dict[str, float]:
         """Peak RSS of the largest worker of each role, in GiB."""

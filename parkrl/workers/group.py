@@ -123,7 +123,11 @@ class WorkerGroup:
 
     def node_ids(self) -> list[str]:
         """The Ray node each worker was placed on (Ray only), in rank order."""
-        return self.runtime.node_ids(len(self.workers))
+        return [self.runtime.node_id(rank) for rank in range(len(self.workers))]
+
+    def node_id(self, rank: int) -> str:
+        """The Ray node slot `rank` is placed on now ("" if none: not placed yet, or its node lost)."""
+        return self.runtime.node_id(rank)
 
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Ask each worker to shut down (engines free their memory), waiting at most
@@ -183,12 +187,16 @@ class RayRuntime:
             while not pg.wait(min(1.0, max(deadline - time.monotonic(), 0.0))):  # Ctrl-C between
                 if time.monotonic() < deadline:
                     continue
-                for g in getattr(self, "groups", [self.placement_group] if hasattr(self, "placement_group") else []):
+                for g in self._own_groups():
                     remove_placement_group(g)
                 raise WorkerTimeout(
                     f"could not place {self._n} {role} worker(s) of {self.bundle} within {timeout_s:.0f} s: the "
                     f"cluster lacks the resources (see resources.{role}.* and `ray status`)"
                 )
+
+    def _own_groups(self) -> list[Any]:
+        """The placement groups this runtime made (and removes)."""
+        return self.groups if self.elastic else [self.placement_group]
 
     def _slot(self, rank: int) -> tuple[Any, int]:
         """(placement group, bundle index) of worker `rank`."""
@@ -243,14 +251,11 @@ class RayRuntime:
         ray.wait(list(probes.values()), num_returns=len(probes), timeout=probe_s)
         return [r for r, ref in probes.items() if self.done(ref) and _is_death(_error(self, ref))]
 
-    def node_ids(self, n: int) -> list[str]:
+    def node_id(self, rank: int) -> str:
         from ray.util.placement_group import placement_group_table
 
-        out = []
-        for rank in range(n):
-            group, index = self._slot(rank)
-            out.append(placement_group_table(group)["bundles_to_node_id"].get(index, ""))
-        return out
+        group, index = self._slot(rank)
+        return placement_group_table(group)["bundles_to_node_id"].get(index, "")
 
     def close(self, workers: list[Any]) -> None:
         """Kill every actor, then remove the placement group if it is this group's own."""
@@ -261,7 +266,7 @@ class RayRuntime:
             if w is not None:
                 ray.kill(w)
         if self.owns_placement_group:
-            for group in self.groups if self.elastic else [self.placement_group]:
+            for group in self._own_groups():
                 remove_placement_group(group)
 
     # Handles are Ray object refs.
@@ -306,7 +311,7 @@ class LocalRuntime:
     def dead_ranks(self, workers: list[Any], probe_s: float) -> list[int]:
         return []  # they live in this process
 
-    def node_ids(self, n: int) -> list[str]:
+    def node_id(self, rank: int) -> str:
         raise RuntimeError(f"{self._role}: workers have Ray node ids only with trainer.runtime=ray")
 
     def close(self, workers: list[Any]) -> None:
